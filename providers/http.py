@@ -1,0 +1,106 @@
+"""The one HTTP client all remote providers share: pooled session, timeouts, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from providers.base import ErrorKind, ProviderError
+
+_STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: ErrorKind.BAD_REQUEST,
+                 422: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 403: ErrorKind.AUTH,
+                 429: ErrorKind.RATE_LIMITED}
+
+
+def _upstream_message(body: bytes) -> str:
+    """Pull a human message out of an error body of any common shape."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("detail") or err)[:500]
+        for key in ("message", "detail", "error"):
+            if key in data:
+                return str(data[key])[:500]
+    return str(data)[:500]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+class HttpClient:
+    """Owns the pooled `aiohttp.ClientSession`; created lazily inside the running loop."""
+
+    def __init__(self, *, limit: int = 256) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+        return self._session
+
+    async def post_json(
+        self,
+        url: str,
+        payload: Any,
+        *,
+        headers: Mapping[str, str],
+        timeout: float,
+        secrets: tuple[str, ...] = (),
+    ) -> Any:
+        """POST JSON, return the decoded answer, or raise `ProviderError`.
+
+        `secrets` are scrubbed from any upstream message we pass on: a vendor may echo
+        part of our key back in its error text.
+        """
+        session = self._get_session()
+        try:
+            async with session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers={"Content-Type": "application/json", **headers},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise self._status_error(resp.status, body, resp.headers, secrets)
+        except asyncio.TimeoutError as err:
+            raise ProviderError(ErrorKind.TIMEOUT, f"backend did not answer within {timeout:g}s") from err
+        except aiohttp.ClientError as err:
+            raise ProviderError(ErrorKind.UNAVAILABLE, f"cannot reach backend: {type(err).__name__}") from err
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise ProviderError(ErrorKind.BAD_RESPONSE, "backend answered with invalid JSON") from err
+
+    @staticmethod
+    def _status_error(
+        status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
+    ) -> ProviderError:
+        kind = _STATUS_KINDS.get(status, ErrorKind.UNAVAILABLE if status >= 500 else ErrorKind.BAD_REQUEST)
+        if kind is ErrorKind.AUTH:
+            # Never relay the vendor's text here: it may quote our (masked) credential.
+            return ProviderError(kind, f"backend rejected the gateway's credentials (HTTP {status})")
+        message = _upstream_message(body)
+        for secret in secrets:
+            if secret:
+                message = message.replace(secret, "***")
+        return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers))
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

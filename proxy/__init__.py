@@ -1,0 +1,1 @@
+"""embedgate: an OpenAI-compatible embeddings gateway."""

@@ -1,0 +1,88 @@
+"""`embedgate serve | check-config`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from providers.http import HttpClient
+from proxy.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("embedgate")
+
+
+def _settings_from(path: str | None) -> Settings:
+    return load_settings(path or os.environ.get("EMBEDGATE_CONFIG") or None)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.app import create_app
+
+    settings = _settings_from(args.config)
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    app = create_app(settings)
+    log.info("embedgate serving %d model entries on http://%s:%d", len(settings.models), host, port)
+    web.run_app(app, host=host, port=port, loop=_new_loop(), print=None,
+                access_log_format='%a "%r" %s %b %Tfs')
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from proxy.routing import Router
+
+    settings = load_settings(args.file)
+    try:
+        router = Router(settings.models, HttpClient())
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    print(f"{args.file}: OK")
+    print(f"{'model':<40} {'provider':<10} upstream")
+    for name, provider, upstream in router.table():
+        print(f"{name:<40} {provider:<10} {upstream}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedgate", description="OpenAI-compatible embeddings gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config (default: $EMBEDGATE_CONFIG, else the bundled local model)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config and print its route table")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("EMBEDGATE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"embedgate: config error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

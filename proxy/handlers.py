@@ -1,0 +1,95 @@
+"""The OpenAI-facing HTTP handlers: parse, call a plain async function, render. Nothing more."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from proxy.embeddings import create_embeddings
+from proxy.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from proxy.gateway import Gateway
+from proxy.request import parse_embedding_request
+from proxy.routing import metric_label
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+JSON = "application/json"
+
+
+def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+
+
+async def read_json_body(request: web.Request) -> bytes:
+    """The raw body of a JSON request, with OpenAI-shaped 413/415 errors."""
+    if request.content_type not in (JSON, "application/octet-stream") and request.headers.get("Content-Type"):
+        raise UnsupportedMediaType(
+            f"Content-Type must be {JSON}, got {request.content_type!r}.", param="Content-Type"
+        )
+    limit = request.app[GATEWAY].settings.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body is {request.content_length} bytes; the limit is {limit}.")
+    return await request.read()
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    started = time.perf_counter()
+    model = "unknown"
+    status = 500
+    try:
+        parsed = parse_embedding_request(await read_json_body(request))
+        model = metric_label(gw.router, parsed.model)
+        result = await create_embeddings(gw, parsed)
+        status = 200
+    except GatewayError as err:
+        status = err.status
+        raise
+    finally:
+        gw.metrics.requests.labels(model, str(status)).inc()
+        if status == 200:
+            gw.metrics.latency.labels(model).observe(time.perf_counter() - started)
+    return web.Response(body=result.body, content_type=JSON, headers=result.headers)
+
+
+def _model_object(model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "embedgate"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response({"object": "list", "data": [_model_object(m) for m in gw.router.model_ids()]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    model_id = request.match_info["model_id"]
+    gw.router.resolve(model_id)  # 404 model_not_found when nothing serves it
+    return json_response(_model_object(model_id))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[GATEWAY].ready()
+    ready = all(checks.values())
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def setup_routes(app: web.Application) -> None:
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,70 @@
+"""The shared store: a real Redis (`redis://`, `rediss://`, `unix://`, Redis Cluster) or,
+for `memory://`, the same commands and Lua scripts run in-process by fakeredis.
+
+One code path, two backends: nothing above this module knows which one it talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from proxy.settings import StoreSettings
+
+log = logging.getLogger("embedgate.store")
+
+# What a store outage looks like from redis-py: connection errors, timeouts, cluster errors.
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def connect(settings: StoreSettings) -> Any:
+    url = settings.url
+    if url.startswith("memory://"):
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    common: dict[str, Any] = {
+        "socket_timeout": settings.timeout,
+        "socket_connect_timeout": settings.timeout,
+    }
+    if settings.cluster or url.startswith("redis+cluster://"):
+        return RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1), **common)
+    return redis.Redis.from_url(url, health_check_interval=10, retry_on_timeout=False, **common)
+
+
+class Store:
+    """The client plus the key prefix every embedgate key carries."""
+
+    def __init__(self, settings: StoreSettings, client: Any | None = None) -> None:
+        self.settings = settings
+        self.client = client if client is not None else connect(settings)
+        self.prefix = settings.prefix
+        self.is_memory = settings.url.startswith("memory://")
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except STORE_ERRORS:
+            return False
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.aclose()
+        except STORE_ERRORS:  # closing a dead connection is not worth a traceback
+            pass
+
+    def describe(self) -> str:
+        """The URL without credentials, for logs."""
+        url = self.settings.url
+        if "@" in url:
+            scheme, rest = url.split("://", 1)
+            url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return url

