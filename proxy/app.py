@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.admin import setup_admin_routes
 from proxy.errors import (
     GatewayError,
     InternalError,
@@ -72,4 +73,5 @@ def create_app(settings: Settings) -> web.Application:
     app[GATEWAY] = Gateway(settings)
     app.cleanup_ctx.append(_gateway_ctx)
     setup_routes(app)
+    setup_admin_routes(app)
     return app

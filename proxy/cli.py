@@ -1,4 +1,4 @@
-"""`embedgate serve | check-config`: the command line."""
+"""`embedgate serve | check-config | keys | teams | usage`: the command line."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from providers.http import HttpClient
+from proxy.admin_cli import add_admin_commands
 from proxy.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("embedgate")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and print its route table")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
+    add_admin_commands(sub)
     return parser
 
 

@@ -6,10 +6,14 @@ import asyncio
 import logging
 
 from providers.http import HttpClient
+from proxy.accounts import Accounts
+from proxy.auth import Authenticator
 from proxy.metrics import Metrics
+from proxy.quota import Quotas
 from proxy.routing import Router
 from proxy.settings import Settings
-from proxy.store import Store
+from proxy.store import Outages, Store
+from proxy.usage import Usage
 
 log = logging.getLogger("embedgate")
 
@@ -21,12 +25,20 @@ class Gateway:
         self.router = Router(settings.models, self.http)
         self.store = Store(settings.store)
         self.metrics = Metrics()
+        self.outages = Outages(self.metrics.store_errors)
+        self.auth = Authenticator(settings.auth, self.store, self.outages)
+        self.quotas = Quotas(self.store, self.outages)
+        self.usage = Usage(self.store, self.outages)
+        self.accounts = Accounts(self.store)
         self._start_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Begin loading backends in the background; /readyz turns 200 when they are up."""
         self._start_task = asyncio.create_task(self.router.start(), name="embedgate-backends")
         log.info("store: %s", self.store.describe())
+        if not self.auth.enabled:
+            log.warning("auth: no master key and no API keys configured: the gateway runs OPEN, "
+                        "without authentication or quotas")
 
     async def ready(self) -> dict[str, bool]:
         checks = {f"model:{b.entry.name}": b.ready for b in self.router.backends}

@@ -7,6 +7,7 @@ import time
 import orjson
 from aiohttp import web
 
+from proxy.auth import Principal, authorize_model
 from proxy.embeddings import create_embeddings
 from proxy.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
@@ -34,18 +35,26 @@ async def read_json_body(request: web.Request) -> bytes:
     return await request.read()
 
 
+async def authenticate(request: web.Request) -> Principal | None:
+    return await request.app[GATEWAY].auth.authenticate(request.headers.get("Authorization"))
+
+
 async def embeddings(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     started = time.perf_counter()
     model = "unknown"
     status = 500
+    principal = parsed = None
     try:
+        principal = await authenticate(request)  # 401 before any 400, as OpenAI does
         parsed = parse_embedding_request(await read_json_body(request))
         model = metric_label(gw.router, parsed.model)
-        result = await create_embeddings(gw, parsed)
+        result = await create_embeddings(gw, parsed, principal)
         status = 200
     except GatewayError as err:
         status = err.status
+        if principal is not None and "x-ratelimit-limit-requests" not in err.headers:
+            err.headers.update(await gw.quotas.headers(principal, parsed.user if parsed else None))
         raise
     finally:
         gw.metrics.requests.labels(model, str(status)).inc()
@@ -60,13 +69,17 @@ def _model_object(model_id: str) -> dict[str, object]:
 
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    return json_response({"object": "list", "data": [_model_object(m) for m in gw.router.model_ids()]})
+    principal = await authenticate(request)
+    ids = [m for m in gw.router.model_ids() if principal is None or principal.allows(m)]
+    return json_response({"object": "list", "data": [_model_object(m) for m in ids]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    principal = await authenticate(request)
     model_id = request.match_info["model_id"]
-    gw.router.resolve(model_id)  # 404 model_not_found when nothing serves it
+    route = gw.router.resolve(model_id)  # 404 model_not_found when nothing serves it
+    authorize_model(principal, model_id, route.entry)
     return json_response(_model_object(model_id))
 
 

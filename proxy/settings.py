@@ -44,10 +44,10 @@ class ModelCacheSettings(_Frozen):
 
 
 class Limits(_Frozen):
-    rpm: int | None = Field(None, ge=0)
-    tpm: int | None = Field(None, ge=0)
-    tokens_per_day: int | None = Field(None, ge=0)
-    tokens_per_month: int | None = Field(None, ge=0)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    tokens_per_day: int | None = Field(default=None, ge=0)
+    tokens_per_month: int | None = Field(default=None, ge=0)
 
 
 class ModelEntry(_Frozen):

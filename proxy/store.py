@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
@@ -49,6 +49,18 @@ class Store:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def team_key(self, team: str, *parts: str) -> str:
+        """A key in the team's hash-tag slot: every key one quota script touches is one of these."""
+        return self.key(f"{{t:{team}}}", *parts)
+
+    def pipeline(self) -> Any:
+        """A pipeline: a MULTI transaction on one Redis; on a cluster, a plain batch split by slot."""
+        return self.client.pipeline(transaction=not self.is_cluster)
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.settings.cluster or self.settings.url.startswith("redis+cluster://")
+
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
@@ -68,3 +80,28 @@ class Store:
             scheme, rest = url.split("://", 1)
             url = f"{scheme}://***@{rest.split('@', 1)[1]}"
         return url
+
+
+class _Counter(Protocol):
+    def labels(self, *values: str) -> Any: ...
+
+
+class Outages:
+    """Counts every failed store call in a metric, but logs an outage once when it starts and once
+    when the store answers again, not once per request."""
+
+    def __init__(self, counter: _Counter) -> None:
+        self._counter = counter
+        self.down = False
+
+    def failed(self, operation: str, err: BaseException) -> None:
+        self._counter.labels(operation).inc()
+        if not self.down:
+            self.down = True
+            log.warning("store unavailable (%s: %s: %s); until it returns, quotas follow store.on_error "
+                        "and keys are verified from the in-process cache", operation, type(err).__name__, err)
+
+    def succeeded(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("store available again")

@@ -1,0 +1,165 @@
+"""Keys and teams in the store: what the admin API and `embedgate keys|teams` manage.
+
+Layout (every key under `store.prefix`):
+  {p}:key:<sha256>        the key record (JSON); the secret itself is never stored
+  {p}:keyid:<id>          sha256 of key <id>, to find its record
+  {p}:teamkeys:<team>     set of the team's key ids
+  {p}:teams               set of teams that have keys, a config or usage
+  {p}:{t:<team>}:conf     hash of the team's limits and per-user default limits, read by quota.lua
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from proxy.auth import KeyRecord, hash_key, new_secret, record_key, redact
+from proxy.errors import NotFound
+from proxy.quota import limits_fields, limits_from_fields, team_conf_key
+from proxy.settings import Limits
+from proxy.store import Store
+
+TEAM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_TEAM = re.compile(TEAM_PATTERN)
+
+
+def _epoch(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyCreate(_Body):
+    team: str = Field(pattern=TEAM_PATTERN)
+    name: str | None = Field(None, max_length=200)
+    models: tuple[str, ...] | None = None
+    limits: Limits = Limits()
+    expires_at: datetime | None = None
+
+
+class KeyPatch(_Body):
+    """Fields left out stay as they are; `"models": null` removes the allow-list."""
+
+    name: str | None = Field(None, max_length=200)
+    models: tuple[str, ...] | None = None
+    limits: Limits | None = None
+    expires_at: datetime | None = None
+
+
+class TeamConfig(_Body):
+    limits: Limits = Limits()
+    user_limits: Limits = Limits()
+
+
+def key_view(record: KeyRecord, now: float | None = None) -> dict[str, Any]:
+    return {"object": "api_key", **record.model_dump(mode="json"),
+            "expired": record.expired(time.time() if now is None else now)}
+
+
+def check_team(team: str) -> str:
+    if not _TEAM.fullmatch(team):
+        raise NotFound(f"No team named {team!r}: team names match {TEAM_PATTERN}.", code="team_not_found")
+    return team
+
+
+class Accounts:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._client = store.client
+
+    def _id_key(self, key_id: str) -> str:
+        return self._store.key("keyid", key_id)
+
+    def _team_keys(self, team: str) -> str:
+        return self._store.key("teamkeys", team)
+
+    @property
+    def _teams(self) -> str:
+        return self._store.key("teams")
+
+    async def create_key(self, body: KeyCreate) -> tuple[KeyRecord, str]:
+        """A new key; the secret is returned here once and never stored."""
+        secret = new_secret()
+        digest = hash_key(secret)
+        record = KeyRecord(id="key_" + secrets.token_hex(8), team=body.team, name=body.name, models=body.models,
+                           limits=body.limits, expires_at=_epoch(body.expires_at), created_at=int(time.time()),
+                           redacted=redact(secret))
+        pipe = self._store.pipeline()
+        pipe.set(self._id_key(record.id), digest)
+        pipe.sadd(self._team_keys(record.team), record.id)
+        pipe.sadd(self._teams, record.team)
+        pipe.set(record_key(self._store, digest), record.model_dump_json())  # last: this makes the key valid
+        await pipe.execute()
+        return record, secret
+
+    async def _digest(self, key_id: str) -> str:
+        digest = await self._client.get(self._id_key(key_id))
+        if digest is None:
+            raise NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
+        return str(digest.decode())
+
+    async def get_key(self, key_id: str) -> KeyRecord:
+        raw = await self._client.get(record_key(self._store, await self._digest(key_id)))
+        if raw is None:
+            raise NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
+        return KeyRecord.model_validate_json(raw)
+
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
+        teams = [team] if team else sorted(t.decode() for t in await self._client.smembers(self._teams))
+        ids: list[str] = []
+        for name in teams:
+            ids += sorted(i.decode() for i in await self._client.smembers(self._team_keys(name)))
+        records = []
+        for key_id in ids:
+            try:
+                records.append(await self.get_key(key_id))
+            except NotFound:  # revoked between the two reads
+                continue
+        return sorted(records, key=lambda r: (r.team, r.created_at, r.id))
+
+    async def patch_key(self, key_id: str, body: KeyPatch) -> KeyRecord:
+        digest = await self._digest(key_id)
+        record = await self.get_key(key_id)
+        changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
+        if "expires_at" in changes:
+            changes["expires_at"] = _epoch(body.expires_at)
+        if changes.get("limits", record.limits) is None:
+            changes["limits"] = Limits()
+        updated = record.model_copy(update=changes)
+        await self._client.set(record_key(self._store, digest), updated.model_dump_json())
+        return updated
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        record = await self.get_key(key_id)
+        digest = await self._digest(key_id)
+        await self._client.delete(record_key(self._store, digest))  # first: revoked from here on
+        pipe = self._store.pipeline()
+        pipe.delete(self._id_key(key_id))
+        pipe.srem(self._team_keys(record.team), key_id)
+        await pipe.execute()
+        return record
+
+    async def put_team(self, team: str, config: TeamConfig) -> dict[str, Any]:
+        fields = {**limits_fields("team", config.limits), **limits_fields("user", config.user_limits)}
+        await self._client.hset(team_conf_key(self._store, check_team(team)), mapping=fields)  # one atomic HSET
+        await self._client.sadd(self._teams, team)
+        return await self.get_team(team)
+
+    async def get_team(self, team: str) -> dict[str, Any]:
+        raw = await self._client.hgetall(team_conf_key(self._store, check_team(team)))
+        keys = await self._client.scard(self._team_keys(team))
+        if not raw and not keys:
+            raise NotFound(f"No team named {team!r}.", code="team_not_found")
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        return {"object": "team", "team": team, "keys": int(keys),
+                "limits": limits_from_fields("team", fields).model_dump(),
+                "user_limits": limits_from_fields("user", fields).model_dump()}

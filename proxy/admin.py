@@ -1,0 +1,112 @@
+"""The admin HTTP API (master key only): keys, teams, usage. Thin handlers over `Accounts` and `Usage`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from proxy.accounts import KeyCreate, KeyPatch, TeamConfig, key_view
+from proxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, ServiceUnavailable
+from proxy.handlers import GATEWAY, json_response, read_json_body
+from proxy.store import STORE_ERRORS
+from proxy.usage import UsageFilter, parse_range
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def admin_only(handler: Handler) -> Handler:
+    """Master key required; store failures become 503, not 500."""
+
+    @wraps(handler)
+    async def wrapper(request: web.Request) -> web.Response:
+        gw = request.app[GATEWAY]
+        if not gw.settings.auth.master_key:
+            raise PermissionDenied("The admin API is disabled: set auth.master_key to enable it.",
+                                   code="admin_disabled")
+        if not gw.auth.is_master(request.headers.get("Authorization")):
+            raise AuthenticationFailed("The admin API needs the master key as Bearer token.")
+        try:
+            return await handler(request)
+        except STORE_ERRORS as err:
+            gw.outages.failed("admin", err)
+            raise ServiceUnavailable("The store is unavailable; please retry shortly.") from err
+
+    return wrapper
+
+
+async def _body(request: web.Request, model: type[Body]) -> Body:
+    try:
+        return model.model_validate(orjson.loads(await read_json_body(request) or b"{}"))
+    except orjson.JSONDecodeError as err:
+        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from err
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"]) or None
+        raise InvalidRequest(f"{where or 'body'}: {problem['msg']}", param=where) from err
+
+
+@admin_only
+async def create_key(request: web.Request) -> web.Response:
+    record, secret = await request.app[GATEWAY].accounts.create_key(await _body(request, KeyCreate))
+    return json_response({**key_view(record), "key": secret}, status=201)
+
+
+@admin_only
+async def list_keys(request: web.Request) -> web.Response:
+    records = await request.app[GATEWAY].accounts.list_keys(request.query.get("team") or None)
+    return json_response({"object": "list", "data": [key_view(r) for r in records]})
+
+
+@admin_only
+async def get_key(request: web.Request) -> web.Response:
+    return json_response(key_view(await request.app[GATEWAY].accounts.get_key(request.match_info["key_id"])))
+
+
+@admin_only
+async def patch_key(request: web.Request) -> web.Response:
+    body = await _body(request, KeyPatch)
+    record = await request.app[GATEWAY].accounts.patch_key(request.match_info["key_id"], body)
+    return json_response(key_view(record))
+
+
+@admin_only
+async def revoke_key(request: web.Request) -> web.Response:
+    record = await request.app[GATEWAY].accounts.revoke_key(request.match_info["key_id"])
+    return json_response({**key_view(record), "deleted": True})
+
+
+@admin_only
+async def put_team(request: web.Request) -> web.Response:
+    config = await _body(request, TeamConfig)
+    return json_response(await request.app[GATEWAY].accounts.put_team(request.match_info["team"], config))
+
+
+@admin_only
+async def get_team(request: web.Request) -> web.Response:
+    return json_response(await request.app[GATEWAY].accounts.get_team(request.match_info["team"]))
+
+
+@admin_only
+async def usage(request: web.Request) -> web.Response:
+    q = request.query
+    first, last = parse_range(q.get("start"), q.get("end"))
+    where = UsageFilter(team=q.get("team") or None, key=q.get("key") or None,
+                        user=q.get("user") or None, model=q.get("model") or None)
+    return json_response(await request.app[GATEWAY].usage.query(where, first, last))
+
+
+def setup_admin_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/keys", create_key)
+    app.router.add_get("/admin/keys", list_keys)
+    app.router.add_get("/admin/keys/{key_id}", get_key)
+    app.router.add_patch("/admin/keys/{key_id}", patch_key)
+    app.router.add_delete("/admin/keys/{key_id}", revoke_key)
+    app.router.add_put("/admin/teams/{team}", put_team)
+    app.router.add_get("/admin/teams/{team}", get_team)
+    app.router.add_get("/admin/usage", usage)

@@ -1,0 +1,167 @@
+"""Who is calling: API keys (from the store or the config), the master key, the model allow-list.
+
+Keys in the store are read on every request, so a revoked key stops working at once on every
+replica. The in-process cache of recently verified keys is consulted only while the store is
+down, and only for `auth.key_cache_ttl` seconds: an unknown key during an outage gets 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, ConfigDict
+
+from proxy.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from proxy.settings import AuthSettings, Limits, ModelEntry, StaticKey
+from proxy.store import STORE_ERRORS, Outages, Store
+
+KEY_PREFIX = "eg-"
+RECENT_KEYS = 10_000  # bound of the outage cache
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def redact(secret: str) -> str:
+    return f"{secret[:6]}***{secret[-4:]}" if len(secret) > 12 else "***"
+
+
+class KeyRecord(BaseModel):
+    """What the store holds for a key: never the secret, only its sha256 (the record's address)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    team: str
+    name: str | None = None
+    models: tuple[str, ...] | None = None
+    limits: Limits = Limits()
+    expires_at: int | None = None
+    created_at: int
+    redacted: str
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request. `team` is None for the master key, which has no quotas."""
+
+    key_id: str
+    team: str | None
+    models: tuple[str, ...] | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def allows(self, requested: str, entry: ModelEntry | None = None) -> bool:
+        if self.models is None:
+            return True
+        names = (requested,) if entry is None else (requested, entry.name)
+        return any(fnmatchcase(name, allowed) for name in names for allowed in self.models)
+
+    @classmethod
+    def of(cls, record: KeyRecord | StaticKey, key_id: str) -> Principal:
+        return cls(key_id=key_id, team=record.team, models=record.models, limits=record.limits)
+
+
+MASTER = Principal(key_id="master", team=None)
+
+
+def authorize_model(principal: Principal | None, requested: str, entry: ModelEntry) -> None:
+    """A model outside the key's allow-list is 403 `model_not_allowed` (see docs/quotas.md)."""
+    if principal is not None and not principal.allows(requested, entry):
+        raise PermissionDenied(f"This API key is not allowed to use the model '{requested}'.", param="model")
+
+
+def record_key(store: Store, digest: str) -> str:
+    return store.key("key", digest)
+
+
+def _bearer(header: str | None) -> str:
+    scheme, _, token = (header or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    return token
+
+
+def _incorrect(token: str) -> AuthenticationFailed:
+    return AuthenticationFailed(f"Incorrect API key provided: {redact(token)}.")
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings, store: Store, outages: Outages) -> None:
+        self._master = settings.master_key.get_secret_value() if settings.master_key else None
+        self._static: dict[str, Principal] = {}
+        for index, static in enumerate(settings.keys):
+            digest = static.key_sha256 or hash_key(static.key.get_secret_value())  # type: ignore[union-attr]
+            self._static[digest] = Principal.of(static, static.id or f"static-{index}-{digest[:8]}")
+        self._store = store
+        self._outages = outages
+        self._ttl = settings.key_cache_ttl
+        self._recent: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """False only with no master key and no configured keys: the gateway runs open."""
+        return self._master is not None or bool(self._static)
+
+    def is_master(self, header: str | None) -> bool:
+        if self._master is None:
+            return False
+        return hmac.compare_digest(_bearer(header).encode(), self._master.encode())
+
+    async def authenticate(self, header: str | None) -> Principal | None:
+        """The caller, or None when the gateway runs open. Raises 401, or 503 in an outage."""
+        if not self.enabled:
+            return None
+        token = _bearer(header)
+        if self._master is not None and hmac.compare_digest(token.encode(), self._master.encode()):
+            return MASTER
+        digest = hash_key(token)
+        static = self._static.get(digest)
+        if static is not None:
+            return static
+        if not token.startswith(KEY_PREFIX):  # no store key looks like this: no need to ask the store
+            raise _incorrect(token)
+        record = await self._lookup(digest)
+        if record is None:
+            raise _incorrect(token)
+        if record.expired(time.time()):
+            raise AuthenticationFailed(f"The API key {redact(token)} has expired.")
+        return Principal.of(record, record.id)
+
+    async def _lookup(self, digest: str) -> KeyRecord | None:
+        try:
+            raw = await self._store.client.get(record_key(self._store, digest))
+        except STORE_ERRORS as err:
+            self._outages.failed("auth", err)
+            cached = self._recent.get(digest)
+            if cached is not None and time.monotonic() - cached[0] <= self._ttl:
+                return cached[1]
+            raise ServiceUnavailable("The key store is unavailable and this key was not verified recently. "
+                                     "Please retry shortly.") from err
+        self._outages.succeeded()
+        if raw is None:
+            self._recent.pop(digest, None)
+            return None
+        record = KeyRecord.model_validate_json(raw)
+        self._recent[digest] = (time.monotonic(), record)
+        self._recent.move_to_end(digest)
+        if len(self._recent) > RECENT_KEYS:
+            self._recent.popitem(last=False)
+        return record

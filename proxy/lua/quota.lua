@@ -1,0 +1,118 @@
+-- Check and charge one request at every level at once; all or nothing.
+-- ARGV: tokens, commit (1 charge, 0 only report), has_user (1/0),
+--       key limits rpm, tpm, tokens_per_day, tokens_per_month (-1 = none).
+-- Team limits and per-user default limits come from the team config hash KEYS[1]:
+--   fields team.rpm ... team.tokens_per_month, user.rpm ... user.tokens_per_month.
+-- Returns {ok, charged_at, failed_level, failed_limit, limit, retry_after_ms,
+--          req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
+-- with -1 (or '') where there is nothing to report.
+
+local tokens = tonumber(ARGV[1])
+local commit = ARGV[2] == '1'
+local has_user = ARGV[3] == '1'
+local KINDS = {'rpm', 'tpm', 'tokens_per_day', 'tokens_per_month'}
+
+local time = redis.call('TIME')
+local now = tonumber(time[1])
+local now_ms = now * 1000 + floor(tonumber(time[2]) / 1000)
+local day, day_end, month, month_end = periods(now)
+
+local conf = {}
+local raw = redis.call('HGETALL', KEYS[1])
+for i = 1, #raw, 2 do conf[raw[i]] = tonumber(raw[i + 1]) end
+
+local function limit_of(level, kind, k)
+  local value
+  if level == 'key' then value = tonumber(ARGV[3 + k]) else value = conf[level .. '.' .. kind] end
+  if value == nil or value < 0 then return nil end
+  return value
+end
+
+-- Sum a sliding window of one-second buckets, dropping expired ones. Also returns, for
+-- `need` units to free, the ms until enough buckets have left the window, and the ms
+-- until the oldest live bucket leaves it.
+local function window(key, need)
+  local raw_w = redis.call('HGETALL', key)
+  local live, expired, used = {}, {}, 0
+  for i = 1, #raw_w, 2 do
+    local sec, n = tonumber(raw_w[i]), tonumber(raw_w[i + 1])
+    if sec <= now - WINDOW then expired[#expired + 1] = raw_w[i]
+    else live[#live + 1] = {sec, n}; used = used + n end
+  end
+  if #expired > 0 then redis.call('HDEL', key, unpack(expired)) end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  local oldest = #live > 0 and ((live[1][1] + WINDOW) * 1000 - now_ms) or 0
+  local wait, freed = WINDOW * 1000, 0
+  if need <= 0 then wait = 0 end
+  for _, bucket in ipairs(live) do
+    if need <= 0 then break end
+    freed = freed + bucket[2]
+    if freed >= need then wait = (bucket[1] + WINDOW) * 1000 - now_ms; break end
+  end
+  return used, wait, oldest
+end
+
+local fail = nil
+local seen = {}
+
+for _, level in ipairs(levels(has_user)) do
+  local name, first = level[1], level[2]
+  for k, kind in ipairs(KINDS) do
+    local limit = limit_of(name, kind, k)
+    if limit ~= nil then
+      local key = KEYS[first + k - 1]
+      local cost = kind == 'rpm' and 1 or tokens
+      local used, wait, reset
+      if kind == 'rpm' or kind == 'tpm' then
+        used, wait, reset = window(key, 0)
+        if used + cost > limit then
+          local _
+          _, wait, _ = window(key, used + cost - limit)
+          if cost > limit then wait = WINDOW * 1000 end
+        end
+      else
+        local field, ends = day, day_end
+        if kind == 'tokens_per_month' then field, ends = month, month_end end
+        used = tonumber(redis.call('HGET', key, field) or '0')
+        reset = ends * 1000 - now_ms
+        wait = reset
+      end
+      if used + cost > limit and (fail == nil or wait > fail[4]) then fail = {name, kind, limit, wait} end
+      seen[#seen + 1] = {kind == 'rpm', limit, used, cost, reset, kind == 'rpm' or kind == 'tpm'}
+    end
+  end
+end
+
+local charged = fail == nil and commit
+if charged then
+  local stamp = tostring(now)
+  for _, level in ipairs(levels(has_user)) do
+    local first = level[2]
+    redis.call('HINCRBY', KEYS[first], stamp, 1)
+    redis.call('EXPIRE', KEYS[first], WINDOW + 5)
+    if tokens > 0 then
+      redis.call('HINCRBY', KEYS[first + 1], stamp, tokens)
+      redis.call('EXPIRE', KEYS[first + 1], WINDOW + 5)
+      redis.call('HINCRBY', KEYS[first + 2], day, tokens)
+      redis.call('EXPIREAT', KEYS[first + 2], day_end + 86400)
+      redis.call('HINCRBY', KEYS[first + 3], month, tokens)
+      redis.call('EXPIREAT', KEYS[first + 3], month_end + 86400)
+    end
+  end
+end
+
+-- The most restrictive request limit and token limit: the one with the least left.
+local req = {-1, -1, -1}
+local tok = {-1, -1, -1}
+for _, s in ipairs(seen) do
+  local left = s[2] - s[3] - (charged and s[4] or 0)
+  if left < 0 then left = 0 end
+  local reset = s[5]
+  if charged and s[6] and s[3] == 0 then reset = (now + WINDOW) * 1000 - now_ms end
+  local best = s[1] and req or tok
+  if best[1] < 0 or left < best[2] then best[1], best[2], best[3] = s[2], left, reset end
+end
+
+local f = fail or {'', '', -1, -1}
+return {charged and 1 or 0, charged and now or -1, f[1], f[2], f[3], f[4],
+        req[1], req[2], req[3], tok[1], tok[2], tok[3]}

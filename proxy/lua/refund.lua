@@ -1,0 +1,22 @@
+-- Give back the tokens of a charge whose backend call failed: the very buckets it charged
+-- (its one-second window bucket, its day, its month), clamped at zero, never below.
+-- ARGV: charged_at (epoch seconds, from quota.lua), tokens, has_user (1/0).
+
+local sec = tonumber(ARGV[1])
+local tokens = tonumber(ARGV[2])
+local day, _, month = periods(sec)
+
+local function take(key, field)
+  local have = tonumber(redis.call('HGET', key, field) or '0')
+  if have <= 0 then return end
+  if have <= tokens then redis.call('HDEL', key, field)
+  else redis.call('HINCRBY', key, field, -tokens) end
+end
+
+for _, level in ipairs(levels(ARGV[3] == '1')) do
+  local first = level[2]
+  take(KEYS[first + 1], tostring(sec))
+  take(KEYS[first + 2], day)
+  take(KEYS[first + 3], month)
+end
+return 1

@@ -1,0 +1,105 @@
+"""Usage counters per UTC day: requests, tokens and cache hits by team, key, end user and model.
+
+One hash per team and day, `{p}:{t:<team>}:usage:<YYYYMMDD>`, whose fields are JSON
+`[counter, key_id, user, model]`; written with one pipeline after a request, kept
+`USAGE_DAYS` days, read back and summed by `GET /admin/usage`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from proxy.auth import Principal
+from proxy.errors import InvalidRequest
+from proxy.store import STORE_ERRORS, Outages, Store
+
+COUNTERS = ("requests", "tokens", "cache_hits")
+USAGE_DAYS = 400
+MAX_RANGE_DAYS = 366
+DEFAULT_RANGE_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    team: str | None = None
+    key: str | None = None
+    user: str | None = None
+    model: str | None = None
+
+    def matches(self, key_id: str, user: str, model: str) -> bool:
+        return ((self.key is None or self.key == key_id) and (self.user is None or self.user == user)
+                and (self.model is None or self.model == model))
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[date, date]:
+    """`start`/`end` as YYYY-MM-DD, both inclusive; by default the last 30 days."""
+    try:
+        last = date.fromisoformat(end) if end else utc_today()
+        first = date.fromisoformat(start) if start else last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+    except ValueError as err:
+        raise InvalidRequest(f"start and end must be dates like 2024-05-31: {err}", param="start") from err
+    if first > last:
+        raise InvalidRequest("start is after end.", param="start")
+    if (last - first).days >= MAX_RANGE_DAYS:
+        raise InvalidRequest(f"The range may span at most {MAX_RANGE_DAYS} days.", param="start")
+    return first, last
+
+
+class Usage:
+    def __init__(self, store: Store, outages: Outages) -> None:
+        self._store = store
+        self._outages = outages
+
+    def _day_key(self, team: str, day: date) -> str:
+        return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
+
+    async def record(self, principal: Principal | None, user: str | None, model: str, *,
+                     tokens: int, requests: int = 1, cache_hits: int = 0) -> None:
+        """Add one request's usage. A store failure is counted and logged, never raised."""
+        if principal is None or principal.team is None:
+            return
+        key = self._day_key(principal.team, utc_today())
+        pipe = self._store.pipeline()
+        for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
+            if amount:
+                pipe.hincrby(key, orjson.dumps([counter, principal.key_id, user or "", model]).decode(), amount)
+        pipe.expire(key, USAGE_DAYS * 86400)
+        pipe.sadd(self._store.key("teams"), principal.team)
+        try:
+            await pipe.execute()
+        except STORE_ERRORS as err:
+            self._outages.failed("usage", err)
+
+    async def query(self, where: UsageFilter, first: date, last: date) -> dict[str, Any]:
+        if where.team:
+            teams = [where.team]
+        else:
+            teams = sorted(t.decode() for t in await self._store.client.smembers(self._store.key("teams")))
+        days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+        pipe = self._store.client.pipeline(transaction=False)
+        for team in teams:
+            for day in days:
+                pipe.hgetall(self._day_key(team, day))
+        replies = await pipe.execute()
+        per_day = {day: dict.fromkeys(COUNTERS, 0) for day in days}
+        for index, fields in enumerate(replies):
+            sums = per_day[days[index % len(days)]]
+            for field, value in fields.items():
+                counter, key_id, user, model = orjson.loads(field)
+                if where.matches(key_id, user, model):
+                    sums[counter] += int(value)
+        total = {counter: sum(sums[counter] for sums in per_day.values()) for counter in COUNTERS}
+        return {
+            "object": "usage", "start": first.isoformat(), "end": last.isoformat(),
+            "filters": {"team": where.team, "key": where.key, "user": where.user, "model": where.model},
+            "data": [{"date": day.isoformat(), **sums} for day, sums in per_day.items()],
+            "total": total,
+        }
