@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,7 +48,7 @@ class HttpClient:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def post_json(
@@ -58,7 +57,7 @@ class HttpClient:
         payload: Any,
         *,
         headers: Mapping[str, str],
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 -- a per-backend budget passed on to aiohttp, not a cancel scope
         secrets: tuple[str, ...] = (),
     ) -> Any:
         """POST JSON, return the decoded answer, or raise `ProviderError`.
@@ -77,7 +76,7 @@ class HttpClient:
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self._status_error(resp.status, body, resp.headers, secrets)
-        except asyncio.TimeoutError as err:
+        except TimeoutError as err:
             raise ProviderError(ErrorKind.TIMEOUT, f"backend did not answer within {timeout:g}s") from err
         except aiohttp.ClientError as err:
             raise ProviderError(ErrorKind.UNAVAILABLE, f"cannot reach backend: {type(err).__name__}") from err

@@ -52,7 +52,8 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
     usage = body.get("usage") or {}
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     vectors = np.stack([row for row in rows if row is not None]) if expected else np.zeros((0, 0), np.float32)
-    return EmbedResult(vectors=check_shape(vectors, expected), prompt_tokens=tokens if isinstance(tokens, int) else None)
+    prompt_tokens = tokens if isinstance(tokens, int) else None
+    return EmbedResult(vectors=check_shape(vectors, expected), prompt_tokens=prompt_tokens)
 
 
 class OpenAIProvider:

@@ -35,7 +35,8 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
         return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.",
                                 headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return PayloadTooLarge(f"Request body is too large; the limit is {request.app[GATEWAY].settings.server.max_body_bytes} bytes.")
+        limit = request.app[GATEWAY].settings.server.max_body_bytes
+        return PayloadTooLarge(f"Request body is too large; the limit is {limit} bytes.")
     if isinstance(exc, web.HTTPNotFound):
         return NotFound(f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
     error = GatewayError(exc.reason)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from providers.base import EmbedBatch, EmbedInput, ErrorKind, ProviderError, Vectors
+from providers.base import EmbedBatch, EmbedInput, EmbedResult, ErrorKind, ProviderError, Vectors
 from proxy.errors import (
     GatewayError,
     InvalidRequest,
@@ -18,6 +18,8 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.routing import Route
+
+MAX_PIECES_IN_FLIGHT = 8
 
 # The one table from what went wrong at a backend to what the client sees.
 _KIND_TO_ERROR: dict[ErrorKind, tuple[type[GatewayError], str]] = {
@@ -50,8 +52,15 @@ async def dispatch(route: Route, inputs: Sequence[EmbedInput], dimensions: int |
         EmbedBatch(model=route.upstream_model, inputs=inputs[start:start + size], dimensions=dimensions)
         for start in range(0, len(inputs), size)
     ]
+    # Bounded fan-out: one huge request must not open hundreds of upstream connections at once.
+    limit = asyncio.Semaphore(MAX_PIECES_IN_FLIGHT)
+
+    async def send(piece: EmbedBatch) -> EmbedResult:
+        async with limit:
+            return await provider.embed(piece)
+
     try:
-        results = await asyncio.gather(*(provider.embed(piece) for piece in pieces))
+        results = await asyncio.gather(*(send(piece) for piece in pieces))
     except ProviderError as err:
         raise to_gateway_error(err) from err
     widths = {r.vectors.shape[1] for r in results}

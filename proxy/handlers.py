@@ -25,7 +25,8 @@ def json_response(data: object, status: int = 200, headers: dict[str, str] | Non
 
 async def read_json_body(request: web.Request) -> bytes:
     """The raw body of a JSON request, with OpenAI-shaped 413/415 errors."""
-    if request.content_type not in (JSON, "application/octet-stream") and request.headers.get("Content-Type"):
+    # A missing Content-Type is tolerated (aiohttp then reports octet-stream); a wrong one is not.
+    if request.headers.get("Content-Type") and request.content_type != JSON:
         raise UnsupportedMediaType(
             f"Content-Type must be {JSON}, got {request.content_type!r}.", param="Content-Type"
         )

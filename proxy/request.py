@@ -117,11 +117,14 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
         if dimensions < 1:
             raise _invalid(f"'dimensions' must be at least 1, got {dimensions}.", "dimensions")
 
-    encoding_format = data.get("encoding_format") or "float"
-    if encoding_format not in ("float", "base64"):
-        raise _invalid(
-            f"'encoding_format' must be 'float' or 'base64', got {encoding_format!r}.", "encoding_format"
-        )
+    encoding_format: Literal["float", "base64"]
+    match data.get("encoding_format"):
+        case None | "float":
+            encoding_format = "float"
+        case "base64":
+            encoding_format = "base64"
+        case other:
+            raise _invalid(f"'encoding_format' must be 'float' or 'base64', got {other!r}.", "encoding_format")
 
     user = data.get("user")
     if user is not None and (not isinstance(user, str) or len(user) > MAX_USER_LENGTH):

@@ -47,7 +47,7 @@ class Backend:
     async def wait_ready(self) -> None:
         try:
             await asyncio.wait_for(self._started.wait(), START_WAIT_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ServiceUnavailable(f"model {self.entry.name!r} is still loading; retry shortly",
                                      code="model_loading", headers={"Retry-After": "5"}) from None
         if self.failure is not None:

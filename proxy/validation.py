@@ -45,7 +45,8 @@ def check_token_ids(request: EmbeddingRequest) -> None:
     for index, item in enumerate(request.inputs):
         if not isinstance(item, str) and max(item) >= vocab:
             raise InvalidRequest(
-                f"'{request.param(index)}' holds token id {max(item)}, outside the tokenizer's vocabulary (0..{vocab - 1}).",
+                f"'{request.param(index)}' holds token id {max(item)}, "
+                f"outside the tokenizer's vocabulary (0..{vocab - 1}).",
                 param=request.param(index), code="invalid_value",
             )
 

