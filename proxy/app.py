@@ -64,6 +64,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
+    await gateway.store.warm_up()
     gateway.start()
     yield
     await gateway.aclose()

@@ -127,6 +127,7 @@ class StoreSettings(_Frozen):
     prefix: str = "eg"
     on_error: Literal["allow", "deny"] = "allow"
     timeout: float = Field(1.0, gt=0)
+    max_connections: int = Field(default=256, ge=1, description="pooled connections per Redis node")
 
     @field_validator("url")
     @classmethod

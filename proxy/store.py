@@ -22,19 +22,31 @@ log = logging.getLogger("embedgate.store")
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 
+# How long a request waits for a free pooled connection before that counts as a store failure.
+POOL_WAIT_SECONDS = 5.0
+
+
 def connect(settings: StoreSettings) -> Any:
+    """The client for `settings.url`. Standalone clients share a blocking pool of
+    `max_connections`: a burst beyond it waits for a connection rather than failing (redis-py's
+    default pool raises past 100, which would read as an outage)."""
     url = settings.url
     if url.startswith("memory://"):
         import fakeredis
 
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), connection_pool_class=redis.BlockingConnectionPool,
+                                        max_connections=settings.max_connections, timeout=POOL_WAIT_SECONDS)
     common: dict[str, Any] = {
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
     }
     if settings.cluster or url.startswith("redis+cluster://"):
-        return RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1), **common)
-    return redis.Redis.from_url(url, health_check_interval=10, retry_on_timeout=False, **common)
+        return RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1),
+                                     max_connections=settings.max_connections, **common)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=settings.max_connections,
+                                                 timeout=POOL_WAIT_SECONDS, health_check_interval=10,
+                                                 retry_on_timeout=False, **common)
+    return redis.Redis(connection_pool=pool)
 
 
 class Store:
@@ -60,6 +72,16 @@ class Store:
     @property
     def is_cluster(self) -> bool:
         return self.settings.cluster or self.settings.url.startswith("redis+cluster://")
+
+    async def warm_up(self) -> None:
+        """Learn a cluster's topology before traffic: redis-py's asyncio cluster client can fail
+        commands that race its first initialisation. A store that is down is left for later."""
+        if not self.is_cluster:
+            return
+        try:
+            await self.client.initialize()
+        except STORE_ERRORS as err:
+            log.warning("store %s is not reachable at start-up: %s", self.describe(), err)
 
     async def ping(self) -> bool:
         try:

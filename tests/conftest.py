@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from proxy.app import create_app
-from proxy.settings import Settings, default_settings, parse_settings
+from proxy.settings import Settings, StoreSettings, default_settings, parse_settings
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.redis_cluster import REDIS_CLI, RedisClusterServers
 from tests.support.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
 from tests.support.servers import ThreadedServer, wait_ready
 
@@ -46,6 +48,27 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster of our own on loopback."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip(NO_REDIS_REASON)
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
+    """The same store code against fakeredis, a real Redis and a real Redis Cluster, each test
+    under a fresh prefix so nothing it reads was written by another test."""
+    prefix = f"t{secrets.token_hex(4)}"
+    if request.param == "memory":
+        return StoreSettings(url="memory://", prefix=prefix)
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+    return StoreSettings(url=server.url, prefix=prefix)
 
 
 @pytest.fixture

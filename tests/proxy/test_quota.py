@@ -1,0 +1,183 @@
+"""quota.lua and refund.lua through `Quotas`, on fakeredis, a real Redis and a real Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from proxy.accounts import TeamConfig
+from proxy.auth import Principal
+from proxy.errors import GatewayError, QuotaExceeded, RateLimited
+from proxy.quota import COUNTERS, Charge, _script, format_reset, quota_keys
+from proxy.settings import Limits, StoreSettings
+from tests.support.services import Services, with_services
+
+TEAM = "search"
+
+
+def run(settings: StoreSettings, body: Callable[[Services], Awaitable[None]]) -> None:
+    asyncio.run(with_services(settings, body))
+
+
+def key(rpm: int | None = None, tpm: int | None = None, per_day: int | None = None,
+        per_month: int | None = None, key_id: str = "key_a") -> Principal:
+    return Principal(key_id, TEAM, limits=Limits(rpm=rpm, tpm=tpm, tokens_per_day=per_day,
+                                                 tokens_per_month=per_month))
+
+
+async def counters(s: Services, principal: Principal, user: str | None = None) -> dict[str, dict[str, int]]:
+    """Every counter a charge touches, summed: {"key"|"team"|"user": {"rq"|"tk"|"td"|"tm": total}}."""
+    keys = quota_keys(s.store, TEAM, principal.key_id, user)[1:]
+    levels = ["key", "team", "user"][: len(keys) // 4]
+    out: dict[str, dict[str, int]] = {}
+    for index, level in enumerate(levels):
+        values = [await s.store.client.hvals(k) for k in keys[index * 4: index * 4 + 4]]
+        out[level] = {c: sum(int(v) for v in vs) for c, vs in zip(COUNTERS, values, strict=True)}
+    return out
+
+
+async def burst(s: Services, principal: Principal, n: int, tokens: int,
+                user: str | None = None) -> tuple[list[Charge], list[GatewayError]]:
+    results = await asyncio.gather(*(s.quotas.charge(principal, user, tokens) for _ in range(n)),
+                                   return_exceptions=True)
+    admitted = [r for r in results if isinstance(r, Charge)]
+    refused = [r for r in results if isinstance(r, GatewayError)]
+    assert len(admitted) + len(refused) == n, [r for r in results if not isinstance(r, (Charge, GatewayError))]
+    return admitted, refused
+
+
+def test_a_burst_of_200_against_rpm_50_admits_exactly_50(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        admitted, refused = await burst(s, key(rpm=50), 200, tokens=1)
+        assert (len(admitted), len(refused)) == (50, 150)
+        assert all(isinstance(r, RateLimited) and r.code == "rate_limit_exceeded" for r in refused)
+        assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+        assert "requests per minute (rpm) on API key key_a: limit 50" in refused[0].message
+        assert sorted(int(c.headers["x-ratelimit-remaining-requests"]) for c in admitted) == list(range(50))
+        assert (await counters(s, key()))["key"]["rq"] == 50
+    run(store_settings, body)
+
+
+def test_a_token_limit_admits_exactly_what_fits(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        admitted, refused = await burst(s, key(tpm=100), 40, tokens=7)
+        assert (len(admitted), len(refused)) == (14, 26)  # 14 * 7 = 98 <= 100 < 105
+        assert all(r.code == "rate_limit_exceeded" and "tokens per minute (tpm)" in r.message for r in refused)
+        assert refused[0].headers["x-ratelimit-remaining-tokens"] == "2"
+        assert (await counters(s, key()))["key"] == {"rq": 14, "tk": 98, "td": 98, "tm": 98}
+    run(store_settings, body)
+
+
+def test_a_rejected_request_charges_nothing_at_any_level(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        await s.accounts.put_team(TEAM, TeamConfig(limits=Limits(tpm=15)))
+        principal = key(rpm=100)
+        await s.quotas.charge(principal, "alice", 10)
+        with pytest.raises(RateLimited, match="tokens per minute \\(tpm\\) on team 'search': limit 15"):
+            await s.quotas.charge(principal, "alice", 10)
+        charged_once = {"rq": 1, "tk": 10, "td": 10, "tm": 10}
+        assert await counters(s, principal, "alice") == {"key": charged_once, "team": charged_once,
+                                                         "user": charged_once}
+    run(store_settings, body)
+
+
+def test_user_limits_hold_per_user_within_the_team(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        await s.accounts.put_team(TEAM, TeamConfig(user_limits=Limits(rpm=2)))
+        principal = key()
+        admitted, refused = await burst(s, principal, 5, tokens=1, user="alice")
+        assert (len(admitted), len(refused)) == (2, 3)
+        assert "on user 'alice' of team 'search': limit 2" in refused[0].message
+        await s.quotas.charge(principal, "bob", 1)  # another user has their own allowance
+        assert (await counters(s, principal, "bob"))["team"]["rq"] == 3
+        await s.quotas.charge(principal, None, 1)  # no `user`: no user level
+    run(store_settings, body)
+
+
+def test_day_and_month_budgets_are_insufficient_quota(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        await s.accounts.put_team(TEAM, TeamConfig(limits=Limits(tokens_per_month=50)))
+        principal = key(per_day=25)
+        ok = await s.quotas.charge(principal, None, 10)
+        assert ok.headers["x-ratelimit-limit-tokens"] == "25"
+        assert ok.headers["x-ratelimit-remaining-tokens"] == "15"
+        await s.quotas.charge(principal, None, 10)
+        with pytest.raises(QuotaExceeded) as day:
+            await s.quotas.charge(principal, None, 10)
+        assert day.value.code == "insufficient_quota" and day.value.status == 429
+        assert "tokens per day (tokens_per_day) on API key key_a: limit 25" in day.value.message
+        assert 1 <= int(day.value.headers["Retry-After"]) <= 86400
+        other = key(key_id="key_b")  # the team's month budget: 20 spent, 30 left
+        await s.quotas.charge(other, None, 30)
+        with pytest.raises(QuotaExceeded, match="tokens per month \\(tokens_per_month\\) on team 'search'"):
+            await s.quotas.charge(other, None, 1)
+    run(store_settings, body)
+
+
+def test_refund_returns_exactly_the_charged_tokens_and_never_goes_negative(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        principal = key(tpm=100, per_day=1000)
+        kept = await s.quotas.charge(principal, "alice", 5)
+        failed = await s.quotas.charge(principal, "alice", 30)
+        await s.quotas.refund(failed)
+        after = {"rq": 2, "tk": 5, "td": 5, "tm": 5}  # the request still counts; its tokens do not
+        assert await counters(s, principal, "alice") == {"key": after, "team": after, "user": after}
+        await s.quotas.refund(failed)  # a second refund of the same charge cannot go below zero
+        await s.quotas.refund(kept)
+        await s.quotas.refund(kept)
+        zero = {"rq": 2, "tk": 0, "td": 0, "tm": 0}
+        assert await counters(s, principal, "alice") == {"key": zero, "team": zero, "user": zero}
+        refreshed = await s.quotas.charge(principal, "alice", 100)  # the whole window is free again
+        assert refreshed.headers["x-ratelimit-remaining-tokens"] == "0"
+    run(store_settings, body)
+
+
+def test_headers_without_a_charge_change_nothing(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        principal = key(rpm=3, tpm=30)
+        await s.quotas.charge(principal, None, 10)
+        headers = await s.quotas.headers(principal, None)
+        assert headers["x-ratelimit-remaining-requests"] == "2"
+        assert headers["x-ratelimit-remaining-tokens"] == "20"
+        assert (await counters(s, principal))["key"]["rq"] == 1
+        assert await s.quotas.headers(key(key_id="unlimited"), None) == {}
+    run(store_settings, body)
+
+
+def _civil(ts: int) -> tuple[str, int, str, int]:
+    day = datetime.fromtimestamp(ts, UTC)
+    midnight = day.replace(hour=0, minute=0, second=0, microsecond=0)
+    first = midnight.replace(day=1)
+    next_month = (first + timedelta(days=32)).replace(day=1)
+    return (day.strftime("%Y%m%d"), int((midnight + timedelta(days=1)).timestamp()),
+            day.strftime("%Y%m"), int(next_month.timestamp()))
+
+
+def test_the_lua_calendar_matches_python(store_settings: StoreSettings) -> None:
+    edges = [datetime(y, m, d, tzinfo=UTC) for y, m, d in
+             [(2000, 2, 29), (2000, 3, 1), (2024, 2, 29), (2024, 12, 31), (2100, 2, 28), (2100, 3, 1), (2038, 1, 19)]]
+    stamps = [int(e.timestamp()) + delta for e in edges for delta in (-1, 0, 86399)]
+    stamps += random.Random(3).sample(range(0, 5_000_000_000), 300)
+
+    async def body(s: Services) -> None:
+        script = s.store.client.register_script(_script("refund.lua").split("\nlocal sec")[0] + """
+            local out = {}
+            for i, ts in ipairs(ARGV) do
+              local d, de, m, me = periods(tonumber(ts))
+              out[i] = {d, de, m, me}
+            end
+            return out""")
+        replies = await script(keys=[s.store.team_key(TEAM, "calendar")], args=stamps)
+        got = [(d.decode(), int(de), m.decode(), int(me)) for d, de, m, me in replies]
+        assert got == [_civil(ts) for ts in stamps]
+    run(store_settings, body)
+
+
+@pytest.mark.parametrize(("ms", "text"), [(0, "0s"), (20, "20ms"), (1000, "1s"), (1001, "2s"), (360_000, "6m0s"),
+                                          (3_723_000, "1h2m3s")])
+def test_reset_is_formatted_like_openai(ms: int, text: str) -> None:
+    assert format_reset(ms) == text
