@@ -34,7 +34,8 @@ def connect(settings: StoreSettings) -> Any:
     if url.startswith("memory://"):
         import fakeredis
 
-        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), connection_pool_class=redis.BlockingConnectionPool,
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(),
+                                        connection_pool_class=redis.BlockingConnectionPool,
                                         max_connections=settings.max_connections, timeout=POOL_WAIT_SECONDS)
     common: dict[str, Any] = {
         "socket_timeout": settings.timeout,

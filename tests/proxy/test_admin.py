@@ -1,0 +1,146 @@
+"""The admin API and `embedgate keys|teams|usage`, end to end against a served gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from proxy.cli import main
+from tests.conftest import start_gateway, upstream_settings
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, error_code, put_team
+from tests.support.servers import ThreadedServer
+
+
+@pytest.fixture
+def gateway(fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
+    server = start_gateway(upstream_settings(fake_openai, auth={"master_key": MASTER_KEY}))
+    yield server
+    server.stop()
+
+
+def cli(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> Any:
+    code = main([*argv, "--url", url, "--master-key", MASTER_KEY])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_admin_needs_the_master_key(gateway: ThreadedServer) -> None:
+    assert admin(gateway.url, "GET", "/admin/keys", master="wrong").status_code == 401
+    key = create_key(gateway.url)["key"]
+    assert admin(gateway.url, "GET", "/admin/keys", master=key).status_code == 401  # a team key is no admin
+
+
+def test_key_lifecycle(gateway: ThreadedServer) -> None:
+    created = create_key(gateway.url, name="indexer", limits={"rpm": 600})
+    listed = admin(gateway.url, "GET", "/admin/keys?team=search").json()["data"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert "key" not in listed[0] and listed[0]["redacted"].startswith("eg-")
+    got = admin(gateway.url, "GET", f"/admin/keys/{created['id']}").json()
+    assert got["limits"]["rpm"] == 600 and got["name"] == "indexer"
+
+    patched = admin(gateway.url, "PATCH", f"/admin/keys/{created['id']}",
+                    json={"limits": {"rpm": 1}, "models": ["ada"], "name": "renamed"}).json()
+    assert (patched["limits"]["rpm"], patched["models"], patched["name"]) == (1, ["ada"], "renamed")
+    assert embed(gateway.url, created["key"], model="ada").status_code == 200
+    assert embed(gateway.url, created["key"], model="ada").status_code == 429  # the patched limit holds at once
+
+    assert admin(gateway.url, "DELETE", f"/admin/keys/{created['id']}").json()["deleted"] is True
+    assert admin(gateway.url, "GET", f"/admin/keys/{created['id']}").status_code == 404
+    assert admin(gateway.url, "GET", "/admin/keys?team=search").json()["data"] == []
+
+
+def test_bad_admin_bodies_are_400(gateway: ThreadedServer) -> None:
+    for body in ({"team": "bad team"}, {"team": "x", "limits": {"rpm": -1}}, {"team": "x", "colour": "red"}, {}):
+        resp = admin(gateway.url, "POST", "/admin/keys", json=body)
+        assert resp.status_code == 400, (body, resp.text)
+    assert admin(gateway.url, "PUT", "/admin/teams/t", json={"limits": {"qps": 3}}).status_code == 400
+    assert admin(gateway.url, "GET", "/admin/teams/nobody").status_code == 404
+
+
+def test_team_and_user_limits(gateway: ThreadedServer) -> None:
+    team = put_team(gateway.url, "search", limits={"rpm": 100}, user_limits={"rpm": 1})
+    assert team["limits"]["rpm"] == 100 and team["user_limits"]["rpm"] == 1
+    key = create_key(gateway.url)["key"]
+    assert embed(gateway.url, key, user="alice").status_code == 200
+    over = embed(gateway.url, key, user="alice")
+    assert over.status_code == 429 and "user 'alice'" in over.json()["error"]["message"]
+    assert int(over.headers["Retry-After"]) >= 1
+    assert embed(gateway.url, key, user="bob").status_code == 200
+
+
+def test_rate_limit_headers_on_success_and_on_errors(gateway: ThreadedServer) -> None:
+    key = create_key(gateway.url, limits={"rpm": 10, "tpm": 1000})["key"]
+    ok = embed(gateway.url, key, input=TEN_TOKENS)
+    assert ok.status_code == 200
+    assert (ok.headers["x-ratelimit-limit-requests"], ok.headers["x-ratelimit-remaining-requests"]) == ("10", "9")
+    assert (ok.headers["x-ratelimit-limit-tokens"], ok.headers["x-ratelimit-remaining-tokens"]) == ("1000", "990")
+    assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+    bad = embed(gateway.url, key, dimensions=0)  # a 400 after authentication still reports the limits
+    assert bad.status_code == 400 and bad.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_a_failed_backend_call_refunds_its_tokens(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
+    key = create_key(gateway.url, limits={"tpm": 100})["key"]
+    assert embed(gateway.url, key, input=TEN_TOKENS).headers["x-ratelimit-remaining-tokens"] == "90"
+    fake_openai.fail_next(500)
+    failed = embed(gateway.url, key, input=TEN_TOKENS)
+    assert failed.status_code >= 500 and failed.headers["x-ratelimit-limit-tokens"] == "100"
+    assert embed(gateway.url, key, input=TEN_TOKENS).headers["x-ratelimit-remaining-tokens"] == "80"
+
+
+def test_usage_per_day_and_in_total(gateway: ThreadedServer) -> None:
+    a = create_key(gateway.url)
+    b = create_key(gateway.url, team="other")
+    for _ in range(2):
+        embed(gateway.url, a["key"], input=TEN_TOKENS, user="alice")
+    embed(gateway.url, a["key"], model="ada", input=TEN_TOKENS)
+    embed(gateway.url, b["key"], input=TEN_TOKENS)
+    today = datetime.now(UTC).date().isoformat()
+
+    def usage(**query: str) -> dict[str, Any]:
+        resp = admin(gateway.url, "GET", "/admin/usage", params={"start": today, **query})
+        assert resp.status_code == 200, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    everything = usage()
+    assert everything["total"] == {"requests": 4, "tokens": 40, "cache_hits": 0}
+    assert everything["data"] == [{"date": today, "requests": 4, "tokens": 40, "cache_hits": 0}]
+    assert usage(team="search")["total"]["requests"] == 3
+    assert usage(user="alice")["total"] == {"requests": 2, "tokens": 20, "cache_hits": 0}
+    assert usage(model="ada")["total"]["requests"] == 1
+    assert usage(key=b["id"])["total"]["requests"] == 1
+    assert admin(gateway.url, "GET", "/admin/usage", params={"start": "2024-13-01"}).status_code == 400
+
+
+def test_the_cli_drives_the_admin_api(gateway: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    created = cli(capsys, gateway.url, "keys", "create", "--team", "search", "--name", "cli", "--rpm", "5",
+                  "--model", "text-embedding-3-small")
+    assert created["limits"]["rpm"] == 5 and created["models"] == ["text-embedding-3-small"]
+    assert embed(gateway.url, created["key"], input=TEN_TOKENS).status_code == 200
+
+    listed = cli(capsys, gateway.url, "keys", "list", "--team", "search")
+    assert [k["id"] for k in listed["data"]] == [created["id"]]
+    team = cli(capsys, gateway.url, "teams", "set", "search", "--tpm", "1000", "--user-rpm", "3")
+    assert (team["limits"]["tpm"], team["user_limits"]["rpm"]) == (1000, 3)
+    assert cli(capsys, gateway.url, "teams", "show", "search")["limits"]["tpm"] == 1000
+    usage = cli(capsys, gateway.url, "usage", "--team", "search")
+    assert usage["total"]["tokens"] == 10
+
+    cli(capsys, gateway.url, "keys", "revoke", created["id"])
+    assert embed(gateway.url, created["key"]).status_code == 401
+
+
+def test_the_cli_reports_refusals(gateway: ThreadedServer, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDGATE_MASTER_KEY", "wrong")
+    assert main(["keys", "list", "--url", gateway.url]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+    monkeypatch.setenv("EMBEDGATE_MASTER_KEY", MASTER_KEY)
+    assert main(["keys", "revoke", "key_nope", "--url", gateway.url]) == 1
+    assert "HTTP 404" in capsys.readouterr().err

@@ -1,0 +1,37 @@
+"""Small sync helpers over the admin API and the embeddings endpoint, for end-to-end tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+MASTER_KEY = "mk-test-master-key-0123456789"
+TEN_TOKENS = list(range(1, 11))  # an input of exactly ten tokens, whatever the tokenizer
+
+
+def admin(url: str, method: str, path: str, master: str = MASTER_KEY, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, url + path, headers={"Authorization": f"Bearer {master}"}, timeout=30, **kwargs)
+
+
+def create_key(url: str, team: str = "search", **body: Any) -> dict[str, Any]:
+    resp = admin(url, "POST", "/admin/keys", json={"team": team, **body})
+    assert resp.status_code == 201, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def put_team(url: str, team: str, **body: Any) -> dict[str, Any]:
+    resp = admin(url, "PUT", f"/admin/teams/{team}", json=body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def embed(url: str, key: str | None, model: str = "text-embedding-3-small", input: Any = "hello",
+          **extra: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(url + "/v1/embeddings", json={"model": model, "input": input, **extra}, headers=headers,
+                      timeout=30)
+
+
+def error_code(resp: httpx.Response) -> str | None:
+    return resp.json()["error"]["code"]  # type: ignore[no-any-return]
