@@ -95,9 +95,9 @@ def local_gateway() -> Iterator[ThreadedServer]:
     server.stop()
 
 
-def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
-    """A config routing a few model names to the fake OpenAI upstream."""
-    raw: dict[str, object] = {
+def upstream_config(fake: FakeOpenAI, **extra: object) -> dict[str, object]:
+    """A raw config (what a YAML file holds) routing a few model names to the fake OpenAI upstream."""
+    return {
         "models": [
             {"name": "text-embedding-3-small", "aliases": ["small"], "provider": "openai",
              "api_base": fake.url, "api_key": fake.api_key,  # type: ignore[attr-defined]
@@ -110,7 +110,11 @@ def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
         ],
         **extra,
     }
-    return parse_settings(raw)
+
+
+def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
+    """A config routing a few model names to the fake OpenAI upstream."""
+    return parse_settings(upstream_config(fake, **extra))
 
 
 @pytest.fixture
