@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from proxy.auth import KeyRecord, hash_key, new_secret, record_key, redact
 from proxy.errors import NotFound
 from proxy.quota import limits_fields, limits_from_fields, team_conf_key
-from proxy.settings import Limits
+from proxy.settings import TEAM_PATTERN, Limits
 from proxy.store import Store
 
-TEAM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _TEAM = re.compile(TEAM_PATTERN)
 
 

@@ -116,7 +116,10 @@ class Quotas:
         return await self._run(principal, user, tokens, commit=True)
 
     async def headers(self, principal: Principal | None, user: str | None) -> dict[str, str]:
-        """The rate-limit headers for a response that charged nothing (an error before the charge)."""
+        """The rate-limit headers for a response that charged nothing (an error before the charge).
+        None while the store is down: an error response need not wait on it."""
+        if self._outages.down:
+            return {}
         try:
             return (await self._run(principal, user, 0, commit=False)).headers
         except GatewayError as err:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 OPENAI_MAX_INPUT_TOKENS = 8192
+TEAM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # team names appear in store keys and hash tags
 
 
 class _Frozen(BaseModel):
@@ -98,7 +99,7 @@ class StaticKey(_Frozen):
     key: SecretStr | None = None
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     id: str | None = None
-    team: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    team: str = Field(pattern=TEAM_PATTERN)
     name: str | None = None
     models: tuple[str, ...] | None = None
     limits: Limits = Limits()

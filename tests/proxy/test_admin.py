@@ -12,7 +12,7 @@ import pytest
 from proxy.cli import main
 from tests.conftest import start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, error_code, put_team
+from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, put_team
 from tests.support.servers import ThreadedServer
 
 
