@@ -7,7 +7,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +54,7 @@ def redis_server() -> Iterator[RedisServer]:
 def fake_openai() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
     server = ThreadedServer(fake.app).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
+    fake.url = server.url + "/v1"
     yield fake
     server.stop()
     assert fake.problems == [], f"the gateway sent the fake upstream bad requests: {fake.problems}"
@@ -62,6 +64,16 @@ def start_gateway(settings: Settings) -> ThreadedServer:
     server = ThreadedServer(lambda: create_app(settings)).start()
     wait_ready(server.url)
     return server
+
+
+@contextmanager
+def running_gateway(settings: Settings | dict[str, Any]) -> Iterator[ThreadedServer]:
+    """A gateway for one test, from settings or a raw config mapping."""
+    server = start_gateway(settings if isinstance(settings, Settings) else parse_settings(settings))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +89,12 @@ def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
     raw: dict[str, object] = {
         "models": [
             {"name": "text-embedding-3-small", "aliases": ["small"], "provider": "openai",
-             "api_base": fake.url, "api_key": fake.api_key,  # type: ignore[attr-defined]
+             "api_base": fake.url, "api_key": fake.api_key,
              "dimensions": fake.dims, "supports_dimensions": True},
             {"name": "ada", "provider": "openai", "upstream_model": "text-embedding-ada-002",
-             "api_base": fake.url, "api_key": fake.api_key, "dimensions": fake.dims,  # type: ignore[attr-defined]
+             "api_base": fake.url, "api_key": fake.api_key, "dimensions": fake.dims,
              "upstream_encoding": "float", "max_batch_size": 3},
-            {"name": "fake/*", "provider": "openai", "api_base": fake.url,  # type: ignore[attr-defined]
+            {"name": "fake/*", "provider": "openai", "api_base": fake.url,
              "api_key": fake.api_key},
         ],
         **extra,
@@ -92,6 +104,5 @@ def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
 
 @pytest.fixture
 def upstream_gateway(fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
-    server = start_gateway(upstream_settings(fake_openai))
-    yield server
-    server.stop()
+    with running_gateway(upstream_settings(fake_openai)) as server:
+        yield server
