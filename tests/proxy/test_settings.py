@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli import settings_for
 from proxy.settings import ConfigError, default_settings, interpolate, load_settings, parse_settings
 from tests.support.servers import ROOT
 
@@ -81,3 +82,13 @@ def test_check_config_fails_naming_the_problem(tmp_path: Path, yaml_text: str, n
 def test_missing_file() -> None:
     result = run_cli("check-config", "/nonexistent/embedgate.yaml")
     assert result.returncode == 1 and "cannot read config" in result.stderr
+
+
+def test_config_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("models:\n  - {name: from-env, provider: openai}\n")
+    monkeypatch.delenv("EMBEDGATE_CONFIG", raising=False)
+    assert settings_for(None) == default_settings()
+    monkeypatch.setenv("EMBEDGATE_CONFIG", str(env_file))
+    assert [m.name for m in settings_for(None).models] == ["from-env"]
+    assert settings_for(str(ROOT / "config" / "default.yaml")) == default_settings()
