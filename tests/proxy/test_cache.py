@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from providers.base import EmbedInput
 from proxy.cache import (
+    ALLOW_ALL,
     CacheControl,
     EmbeddingCache,
     Entry,
@@ -169,7 +170,7 @@ def tokens_of(inputs: Sequence[EmbedInput]) -> list[int]:
 
 
 async def serve(cache: EmbeddingCache, backend: ScriptedBackend, inputs: list[EmbedInput],
-                control: CacheControl = CacheControl()) -> tuple[str, list[np.ndarray]]:
+                control: CacheControl = ALLOW_ALL) -> tuple[str, list[np.ndarray]]:
     served = await cache.embed(make_space(), inputs, tokens_of(inputs), backend, control)
     for item, row in zip(inputs, served.vectors, strict=True):
         assert np.array_equal(row, vector_for(item, DIMS))
