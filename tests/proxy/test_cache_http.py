@@ -21,15 +21,6 @@ from tests.support.redis_server import RedisServer
 from tests.support.servers import GatewayProcess, ThreadedServer
 
 
-@pytest.fixture(params=["memory", "redis"])
-def gateway(request: pytest.FixtureRequest, fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
-    """A caching gateway on memory:// and on the session's real Redis."""
-    url = request.getfixturevalue("redis_server").url if request.param == "redis" else "memory://"
-    server = start_gateway(cache_settings(fake_openai, url))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def memory_gateway(fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
     server = start_gateway(cache_settings(fake_openai))
@@ -47,7 +38,8 @@ def metric(server: ThreadedServer, name: str, labels: dict[str, str]) -> float:
     return value or 0.0
 
 
-def test_partial_hits_send_only_misses(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
+def test_partial_hits_send_only_misses(caching_gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
+    gateway = caching_gateway
     first = embed_ok(gateway.url, ["alpha", "beta"])
     assert first.cache == "miss"
     second = embed_ok(gateway.url, ["gamma", "beta", "alpha", "gamma"])
