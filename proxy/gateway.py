@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from providers.http import HttpClient
+from proxy.cache import EmbeddingCache
 from proxy.metrics import Metrics
 from proxy.routing import Router
 from proxy.settings import Settings
@@ -21,6 +22,7 @@ class Gateway:
         self.router = Router(settings.models, self.http)
         self.store = Store(settings.store)
         self.metrics = Metrics()
+        self.cache = EmbeddingCache(self.store, self.metrics)
         self._start_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -36,6 +38,7 @@ class Gateway:
     async def aclose(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
+        await self.cache.aclose()
         await self.router.aclose()
         await self.http.aclose()
         await self.store.aclose()

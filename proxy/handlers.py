@@ -7,6 +7,7 @@ import time
 import orjson
 from aiohttp import web
 
+from proxy.cache import CacheControl
 from proxy.embeddings import create_embeddings
 from proxy.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
@@ -43,7 +44,8 @@ async def embeddings(request: web.Request) -> web.Response:
     try:
         parsed = parse_embedding_request(await read_json_body(request))
         model = metric_label(gw.router, parsed.model)
-        result = await create_embeddings(gw, parsed)
+        cache_control = CacheControl.parse(request.headers.get("Cache-Control"))
+        result = await create_embeddings(gw, parsed, cache_control)
         status = 200
     except GatewayError as err:
         status = err.status

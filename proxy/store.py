@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -48,6 +49,28 @@ class Store:
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """One round trip for many keys. On a cluster the keys spread over slots, so this is
+        redis-py's non-atomic MGET (one MGET per node, sent concurrently)."""
+        if not keys:
+            return []
+        if self.is_cluster:
+            return list(await self.client.mget_nonatomic(list(keys)))
+        return list(await self.client.mget(list(keys)))
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
+        """`SET key value EX ttl` for every item, in one pipeline (not a transaction)."""
+        if not items:
+            return
+        pipe = self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=False)
+        for key, value in items.items():
+            pipe.set(key, value, ex=ttl)
+        await pipe.execute()
 
     async def ping(self) -> bool:
         try:

@@ -86,7 +86,12 @@ def local_gateway() -> Iterator[ThreadedServer]:
 
 def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
     """A config routing a few model names to the fake OpenAI upstream."""
-    raw: dict[str, object] = {
+    return parse_settings(upstream_config(fake, **extra))
+
+
+def upstream_config(fake: FakeOpenAI, **extra: object) -> dict[str, object]:
+    """`upstream_settings` as the raw mapping a YAML config file would hold."""
+    return {
         "models": [
             {"name": "text-embedding-3-small", "aliases": ["small"], "provider": "openai",
              "api_base": fake.url, "api_key": fake.api_key,
@@ -99,7 +104,6 @@ def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
         ],
         **extra,
     }
-    return parse_settings(raw)
 
 
 @pytest.fixture
