@@ -18,7 +18,8 @@ from proxy.settings import ConfigError, Settings, load_settings
 log = logging.getLogger("embedgate")
 
 
-def _settings_from(path: str | None) -> Settings:
+def settings_for(path: str | None) -> Settings:
+    """`--config` wins, then $EMBEDGATE_CONFIG, then the embedded default."""
     return load_settings(path or os.environ.get("EMBEDGATE_CONFIG") or None)
 
 
@@ -33,7 +34,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import create_app
 
-    settings = _settings_from(args.config)
+    settings = settings_for(args.config)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     app = create_app(settings)

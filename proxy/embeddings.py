@@ -1,25 +1,33 @@
-"""The embeddings pipeline as one plain async function: route, validate, dispatch, render."""
+"""The embeddings pipeline as one plain async function: route, validate, charge, cache + dispatch, render."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
-from proxy.dispatch import dispatch
+from proxy.cache import ALLOW_ALL, CacheControl, space_for
+from proxy.dispatch import Dispatched, dispatch
 from proxy.gateway import Gateway
 from proxy.render import embeddings_body
 from proxy.request import EmbeddingRequest
 from proxy.validation import validate
+
+CACHE_HEADER = "x-embedgate-cache"
 
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingResponse:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    prompt_tokens: int = 0  # the whole request's, cache hits included
+    cache_hits: int = 0  # inputs served from the cache (for `cache.charge_hits`)
+    cached_tokens: int = 0  # their tokens
 
 
-async def create_embeddings(gw: Gateway, request: EmbeddingRequest,
+async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_control: CacheControl = ALLOW_ALL,
                             principal: Principal | None = None) -> EmbeddingResponse:
     route = gw.router.resolve(request.model)
     authorize_model(principal, request.model, route.entry)
@@ -27,18 +35,27 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest,
     counted = await validate(request, route)
     charge = await gw.quotas.charge(principal, request.user, counted.total)
 
-    started = time.perf_counter()
+    async def fetch(inputs: Sequence[EmbedInput]) -> Dispatched:
+        started = time.perf_counter()
+        result = await dispatch(route, inputs, counted.dimensions)
+        gw.metrics.upstream_latency.labels(route.entry.name, route.entry.provider).observe(
+            time.perf_counter() - started)
+        return result
+
+    space = space_for(route.entry, route.upstream_model, counted.dimensions, gw.settings.cache)
     try:
-        result = await dispatch(route, request.inputs, counted.dimensions)
+        served = await gw.cache.embed(space, request.inputs, counted.tokens, fetch, cache_control)
     except BaseException:
         await gw.quotas.refund(charge)
         raise
-    gw.metrics.upstream_latency.labels(route.entry.name, route.entry.provider).observe(time.perf_counter() - started)
+    if served.cached_tokens and not gw.settings.cache.charge_hits:
+        await gw.quotas.refund(charge, served.cached_tokens)
 
-    prompt_tokens = result.prompt_tokens if result.prompt_tokens is not None else counted.total
-    gw.metrics.tokens.labels(route.entry.name).inc(prompt_tokens)
+    gw.metrics.tokens.labels(route.entry.name).inc(served.prompt_tokens)
     gw.metrics.inputs.labels(route.entry.name).inc(len(request.inputs))
-    body = embeddings_body(result.vectors, model=request.model, encoding_format=request.encoding_format,
-                           prompt_tokens=prompt_tokens)
-    await gw.usage.record(principal, request.user, route.entry.name, tokens=prompt_tokens)
-    return EmbeddingResponse(body, charge.headers)
+    body = embeddings_body(served.vectors, model=request.model, encoding_format=request.encoding_format,
+                           prompt_tokens=served.prompt_tokens)
+    await gw.usage.record(principal, request.user, route.entry.name, tokens=served.prompt_tokens,
+                          cache_hits=served.cache_hits)
+    return EmbeddingResponse(body, {CACHE_HEADER: served.status, **charge.headers}, served.prompt_tokens,
+                             served.cache_hits, served.cached_tokens)

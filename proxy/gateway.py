@@ -8,6 +8,7 @@ import logging
 from providers.http import HttpClient
 from proxy.accounts import Accounts
 from proxy.auth import Authenticator
+from proxy.cache import EmbeddingCache
 from proxy.metrics import Metrics
 from proxy.quota import Quotas
 from proxy.routing import Router
@@ -30,6 +31,7 @@ class Gateway:
         self.quotas = Quotas(self.store, self.outages)
         self.usage = Usage(self.store, self.outages)
         self.accounts = Accounts(self.store)
+        self.cache = EmbeddingCache(self.store, self.metrics)
         self._start_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -48,6 +50,7 @@ class Gateway:
     async def aclose(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
+        await self.cache.aclose()
         await self.router.aclose()
         await self.http.aclose()
         await self.store.aclose()

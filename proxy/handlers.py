@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from proxy.auth import Principal, authorize_model
+from proxy.cache import CacheControl
 from proxy.embeddings import create_embeddings
 from proxy.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
@@ -50,7 +51,8 @@ async def embeddings(request: web.Request) -> web.Response:
         principal = await authenticate(request)  # 401 before any 400, as OpenAI does
         parsed = parse_embedding_request(await read_json_body(request))
         model = metric_label(gw.router, parsed.model)
-        result = await create_embeddings(gw, parsed, principal)
+        cache_control = CacheControl.parse(request.headers.get("Cache-Control"))
+        result = await create_embeddings(gw, parsed, cache_control, principal)
         status = 200
     except GatewayError as err:
         status = err.status

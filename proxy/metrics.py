@@ -29,5 +29,10 @@ class Metrics:
             ["operation"], registry=self.registry,
         )
 
+        self.cache_lookups = Counter(
+            "embedgate_cache_lookups", "Distinct inputs looked up in the embedding cache, by result",
+            ["model", "result"], registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -125,12 +125,13 @@ class Quotas:
         except GatewayError as err:
             return err.headers
 
-    async def refund(self, charge: Charge) -> None:
-        if charge.charged_at is None or charge.tokens <= 0:
+    async def refund(self, charge: Charge, tokens: int | None = None) -> None:
+        """Give back `tokens` of a charge (all of them by default), from the buckets it filled."""
+        amount = charge.tokens if tokens is None else min(tokens, charge.tokens)
+        if charge.charged_at is None or amount <= 0:
             return
         try:
-            await self._refund(keys=list(charge.keys),
-                               args=[charge.charged_at, charge.tokens, int(charge.has_user)])
+            await self._refund(keys=list(charge.keys), args=[charge.charged_at, amount, int(charge.has_user)])
         except STORE_ERRORS as err:  # the original failure matters more; the metric and log record this one
             self._outages.failed("refund", err)
 

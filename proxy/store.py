@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as redis
@@ -62,17 +63,35 @@ class Store:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    @property
+    def is_cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """One round trip for many keys. On a cluster the keys spread over slots, so this is
+        redis-py's non-atomic MGET (one MGET per node, sent concurrently)."""
+        if not keys:
+            return []
+        if self.is_cluster:
+            return list(await self.client.mget_nonatomic(list(keys)))
+        return list(await self.client.mget(list(keys)))
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
+        """`SET key value EX ttl` for every item, in one pipeline (not a transaction)."""
+        if not items:
+            return
+        pipe = self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=False)
+        for key, value in items.items():
+            pipe.set(key, value, ex=ttl)
+        await pipe.execute()
+
     def team_key(self, team: str, *parts: str) -> str:
         """A key in the team's hash-tag slot: every key one quota script touches is one of these."""
         return self.key(f"{{t:{team}}}", *parts)
 
     def pipeline(self) -> Any:
         """A pipeline: a MULTI transaction on one Redis; on a cluster, a plain batch split by slot."""
-        return self.client.pipeline(transaction=not self.is_cluster)
-
-    @property
-    def is_cluster(self) -> bool:
-        return self.settings.cluster or self.settings.url.startswith("redis+cluster://")
+        return self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=True)
 
     async def warm_up(self) -> None:
         """Learn a cluster's topology before traffic: redis-py's asyncio cluster client can fail

@@ -8,7 +8,9 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,7 +77,7 @@ def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
 def fake_openai() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
     server = ThreadedServer(fake.app).start()
-    fake.url = server.url + "/v1"  # type: ignore[attr-defined]
+    fake.url = server.url + "/v1"
     yield fake
     server.stop()
     assert fake.problems == [], f"the gateway sent the fake upstream bad requests: {fake.problems}"
@@ -87,6 +89,16 @@ def start_gateway(settings: Settings) -> ThreadedServer:
     return server
 
 
+@contextmanager
+def running_gateway(settings: Settings | dict[str, Any]) -> Iterator[ThreadedServer]:
+    """A gateway for one test, from settings or a raw config mapping."""
+    server = start_gateway(settings if isinstance(settings, Settings) else parse_settings(settings))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def local_gateway() -> Iterator[ThreadedServer]:
     """The zero-config gateway (what `make run` serves): the bundled all-MiniLM-L6-v2."""
@@ -95,30 +107,29 @@ def local_gateway() -> Iterator[ThreadedServer]:
     server.stop()
 
 
+def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
+    """A config routing a few model names to the fake OpenAI upstream."""
+    return parse_settings(upstream_config(fake, **extra))
+
+
 def upstream_config(fake: FakeOpenAI, **extra: object) -> dict[str, object]:
-    """A raw config (what a YAML file holds) routing a few model names to the fake OpenAI upstream."""
+    """`upstream_settings` as the raw mapping a YAML config file would hold."""
     return {
         "models": [
             {"name": "text-embedding-3-small", "aliases": ["small"], "provider": "openai",
-             "api_base": fake.url, "api_key": fake.api_key,  # type: ignore[attr-defined]
+             "api_base": fake.url, "api_key": fake.api_key,
              "dimensions": fake.dims, "supports_dimensions": True},
             {"name": "ada", "provider": "openai", "upstream_model": "text-embedding-ada-002",
-             "api_base": fake.url, "api_key": fake.api_key, "dimensions": fake.dims,  # type: ignore[attr-defined]
+             "api_base": fake.url, "api_key": fake.api_key, "dimensions": fake.dims,
              "upstream_encoding": "float", "max_batch_size": 3},
-            {"name": "fake/*", "provider": "openai", "api_base": fake.url,  # type: ignore[attr-defined]
+            {"name": "fake/*", "provider": "openai", "api_base": fake.url,
              "api_key": fake.api_key},
         ],
         **extra,
     }
 
 
-def upstream_settings(fake: FakeOpenAI, **extra: object) -> Settings:
-    """A config routing a few model names to the fake OpenAI upstream."""
-    return parse_settings(upstream_config(fake, **extra))
-
-
 @pytest.fixture
 def upstream_gateway(fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
-    server = start_gateway(upstream_settings(fake_openai))
-    yield server
-    server.stop()
+    with running_gateway(upstream_settings(fake_openai)) as server:
+        yield server

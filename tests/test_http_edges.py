@@ -7,10 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from proxy.settings import parse_settings
-from tests.conftest import start_gateway
+from tests.conftest import running_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.servers import ThreadedServer
+from tests.support.servers import ThreadedServer, free_port
 
 
 def assert_error(resp: httpx.Response, status: int, code: str | None) -> None:
@@ -23,14 +22,11 @@ def assert_error(resp: httpx.Response, status: int, code: str | None) -> None:
 
 @pytest.fixture
 def small_body_gateway(fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
-    settings = parse_settings({
+    with running_gateway({
         "server": {"max_body_bytes": 4096},
-        "models": [{"name": "m", "provider": "openai", "api_base": fake_openai.url,  # type: ignore[attr-defined]
-                    "api_key": fake_openai.api_key, "dimensions": fake_openai.dims}],
-    })
-    server = start_gateway(settings)
-    yield server
-    server.stop()
+        "models": [{"name": "m", "provider": "openai", "api_base": fake_openai.url, "api_key": fake_openai.api_key}],
+    }) as server:
+        yield server
 
 
 def test_body_over_the_limit_is_413(small_body_gateway: ThreadedServer) -> None:
@@ -93,29 +89,19 @@ def test_upstream_errors_become_openai_errors(upstream_gateway: ThreadedServer, 
 
 
 def test_upstream_timeout_is_504(fake_openai: FakeOpenAI) -> None:
-    settings = parse_settings({"models": [{
-        "name": "slow", "provider": "openai", "api_base": fake_openai.url,  # type: ignore[attr-defined]
-        "api_key": fake_openai.api_key, "timeout": 0.2}]})
     fake_openai.delay = 1.0
-    server = start_gateway(settings)
-    try:
-        assert_error(httpx.post(server.url + "/v1/embeddings", json={"model": "slow", "input": "x"}),
-                     504, "upstream_timeout")
-    finally:
-        server.stop()
+    one_model(fake_openai.url, "upstream_timeout", 504, timeout=0.2, api_key=fake_openai.api_key)
 
 
 def test_unreachable_upstream_is_502() -> None:
-    from tests.support.servers import free_port
+    one_model(f"http://127.0.0.1:{free_port()}/v1", "upstream_unavailable", 502)
 
-    settings = parse_settings({"models": [{
-        "name": "gone", "provider": "openai", "api_base": f"http://127.0.0.1:{free_port()}/v1"}]})
-    server = start_gateway(settings)
-    try:
-        assert_error(httpx.post(server.url + "/v1/embeddings", json={"model": "gone", "input": "x"}),
-                     502, "upstream_unavailable")
-    finally:
-        server.stop()
+
+def one_model(api_base: str, code: str, status: int, **options: object) -> None:
+    """A gateway with one upstream model: one request to it fails with `status` and `code`."""
+    config = {"models": [{"name": "m", "provider": "openai", "api_base": api_base, **options}]}
+    with running_gateway(config) as server:
+        assert_error(httpx.post(server.url + "/v1/embeddings", json={"model": "m", "input": "x"}), status, code)
 
 
 def test_health_ready_and_metrics(upstream_gateway: ThreadedServer) -> None:

@@ -60,6 +60,14 @@ def test_token_ids_are_decoded_for_the_local_model(local_gateway: ThreadedServer
     assert single.usage.prompt_tokens == 2  # token ids count as themselves
 
 
+def test_zero_config_serves_only_the_bundled_model(local_gateway: ThreadedServer) -> None:
+    client = client_for(local_gateway)
+    assert [m.id for m in client.models.list()] == [LOCAL]
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.embeddings.create(model="text-embedding-3-small", input="x")  # never served under another name
+    assert_openai_error(exc, 404, "model", "model_not_found")
+
+
 def test_local_model_refuses_dimensions(local_gateway: ThreadedServer) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client_for(local_gateway).embeddings.create(model=LOCAL, input="x", dimensions=128)

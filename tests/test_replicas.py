@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed
+from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, ten_tokens
 from tests.support.redis_server import RedisServer
 from tests.support.replicas import burst, replicas
 from tests.support.servers import GatewayProcess
@@ -56,8 +56,8 @@ def test_a_revoked_key_stops_at_once_on_every_replica(pair: list[GatewayProcess]
 def test_usage_outlives_the_gateway_processes(config: dict[str, Any], tmp_path: Path) -> None:
     with replicas(config, tmp_path, count=1) as (first,):
         key = create_key(first.url)
-        for _ in range(3):
-            assert embed(first.url, key["key"], input=TEN_TOKENS).status_code == 200
+        for seed in range(3):
+            assert embed(first.url, key["key"], input=ten_tokens(seed)).status_code == 200
     with replicas(config, tmp_path, count=1) as (restarted,):
         usage = admin(restarted.url, "GET", "/admin/usage", params={"key": key["id"]}).json()
         assert usage["total"] == {"requests": 3, "tokens": 30, "cache_hits": 0}

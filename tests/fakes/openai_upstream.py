@@ -32,6 +32,7 @@ class Received:
 @dataclass
 class FakeOpenAI:
     api_key: str = "sk-upstream-secret-key-1234"
+    url: str = ""  # set once it is served: the api_base a gateway config points at
     dims: int = NATIVE_DIMS
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)

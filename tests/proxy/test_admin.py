@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from proxy.cli import main
-from tests.conftest import start_gateway, upstream_settings
+from tests.conftest import running_gateway, start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, put_team
+from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, put_team, ten_tokens
 from tests.support.servers import ThreadedServer
 
 
@@ -89,9 +89,9 @@ def test_a_failed_backend_call_refunds_its_tokens(gateway: ThreadedServer, fake_
     key = create_key(gateway.url, limits={"tpm": 100})["key"]
     assert embed(gateway.url, key, input=TEN_TOKENS).headers["x-ratelimit-remaining-tokens"] == "90"
     fake_openai.fail_next(500)
-    failed = embed(gateway.url, key, input=TEN_TOKENS)
+    failed = embed(gateway.url, key, input=ten_tokens(1))
     assert failed.status_code >= 500 and failed.headers["x-ratelimit-limit-tokens"] == "100"
-    assert embed(gateway.url, key, input=TEN_TOKENS).headers["x-ratelimit-remaining-tokens"] == "80"
+    assert embed(gateway.url, key, input=ten_tokens(2)).headers["x-ratelimit-remaining-tokens"] == "80"
 
 
 def test_usage_per_day_and_in_total(gateway: ThreadedServer) -> None:
@@ -108,11 +108,11 @@ def test_usage_per_day_and_in_total(gateway: ThreadedServer) -> None:
         assert resp.status_code == 200, resp.text
         return resp.json()  # type: ignore[no-any-return]
 
-    everything = usage()
-    assert everything["total"] == {"requests": 4, "tokens": 40, "cache_hits": 0}
-    assert everything["data"] == [{"date": today, "requests": 4, "tokens": 40, "cache_hits": 0}]
+    everything = usage()  # alice's second request and team other's are cache hits
+    assert everything["total"] == {"requests": 4, "tokens": 40, "cache_hits": 2}
+    assert everything["data"] == [{"date": today, "requests": 4, "tokens": 40, "cache_hits": 2}]
     assert usage(team="search")["total"]["requests"] == 3
-    assert usage(user="alice")["total"] == {"requests": 2, "tokens": 20, "cache_hits": 0}
+    assert usage(user="alice")["total"] == {"requests": 2, "tokens": 20, "cache_hits": 1}
     assert usage(model="ada")["total"]["requests"] == 1
     assert usage(key=b["id"])["total"]["requests"] == 1
     assert admin(gateway.url, "GET", "/admin/usage", params={"start": "2024-13-01"}).status_code == 400
@@ -144,3 +144,17 @@ def test_the_cli_reports_refusals(gateway: ThreadedServer, capsys: pytest.Captur
     monkeypatch.setenv("EMBEDGATE_MASTER_KEY", MASTER_KEY)
     assert main(["keys", "revoke", "key_nope", "--url", gateway.url]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("charge_hits", "remaining"), [(True, "70"), (False, "80")])
+def test_cache_hits_are_charged_per_cache_charge_hits(fake_openai: FakeOpenAI, charge_hits: bool,
+                                                      remaining: str) -> None:
+    settings = upstream_settings(fake_openai, auth={"master_key": MASTER_KEY}, cache={"charge_hits": charge_hits})
+    with running_gateway(settings) as gateway:
+        key = create_key(gateway.url, limits={"tpm": 100})
+        assert embed(gateway.url, key["key"], input=TEN_TOKENS).headers["x-embedgate-cache"] == "miss"
+        assert embed(gateway.url, key["key"], input=TEN_TOKENS).headers["x-embedgate-cache"] == "hit"
+        other = embed(gateway.url, key["key"], input=ten_tokens(1))
+        assert other.headers["x-ratelimit-remaining-tokens"] == remaining
+        usage = admin(gateway.url, "GET", "/admin/usage", params={"key": key["id"]}).json()["total"]
+        assert usage == {"requests": 3, "tokens": 30, "cache_hits": 1}

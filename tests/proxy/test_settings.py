@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli import settings_for
 from proxy.settings import ConfigError, default_settings, interpolate, load_settings, parse_settings
 from tests.support.servers import ROOT
 
@@ -62,22 +63,32 @@ def test_check_config_prints_the_route_table() -> None:
     assert "openai/*" in result.stdout and "all-MiniLM-L6-v2" in result.stdout and "local" in result.stdout
 
 
-def test_check_config_fails_naming_the_bad_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("yaml_text", "named"),
+    [
+        ("models:\n  - name: m\n    provider: openai\n    max_input_tokens: -1\n", "models.0.max_input_tokens"),
+        ("models:\n  - name: m\n    provider: telepathy\n", "telepathy"),
+        ("models: [\n", "not valid YAML"),
+    ],
+)
+def test_check_config_fails_naming_the_problem(tmp_path: Path, yaml_text: str, named: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("models:\n  - name: m\n    provider: openai\n    max_input_tokens: -1\n")
+    bad.write_text(yaml_text)
     result = run_cli("check-config", str(bad))
     assert result.returncode == 1
-    assert "models.0.max_input_tokens" in result.stderr
-
-
-def test_check_config_unknown_provider(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("models:\n  - name: m\n    provider: telepathy\n")
-    result = run_cli("check-config", str(bad))
-    assert result.returncode == 1
-    assert "telepathy" in result.stderr
+    assert named in result.stderr
 
 
 def test_missing_file() -> None:
     result = run_cli("check-config", "/nonexistent/embedgate.yaml")
     assert result.returncode == 1 and "cannot read config" in result.stderr
+
+
+def test_config_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("models:\n  - {name: from-env, provider: openai}\n")
+    monkeypatch.delenv("EMBEDGATE_CONFIG", raising=False)
+    assert settings_for(None) == default_settings()
+    monkeypatch.setenv("EMBEDGATE_CONFIG", str(env_file))
+    assert [m.name for m in settings_for(None).models] == ["from-env"]
+    assert settings_for(str(ROOT / "config" / "default.yaml")) == default_settings()

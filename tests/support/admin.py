@@ -7,7 +7,14 @@ from typing import Any
 import httpx
 
 MASTER_KEY = "mk-test-master-key-0123456789"
-TEN_TOKENS = list(range(1, 11))  # an input of exactly ten tokens, whatever the tokenizer
+
+
+def ten_tokens(seed: int = 0) -> list[int]:
+    """An input of exactly ten tokens, whatever the tokenizer; another seed, another input (no cache hit)."""
+    return [seed * 10 + t for t in range(1, 11)]
+
+
+TEN_TOKENS = ten_tokens()
 
 
 def admin(url: str, method: str, path: str, master: str = MASTER_KEY, **kwargs: Any) -> httpx.Response:

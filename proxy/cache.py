@@ -1,0 +1,320 @@
+"""The embedding cache: one entry per input, keyed by a hash of the embedding space and the input.
+
+A request's inputs are deduplicated, looked up with one MGET, and only the misses go to the
+backend (through the `fetch` function the pipeline passes in); results merge back in input
+order. Concurrent identical misses in one process share one backend call ("flight"). Entries
+are written with one pipeline. A store error never fails a request: the cache steps aside.
+See docs/cache.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, Protocol
+
+import numpy as np
+
+from providers.base import EmbedInput, Vectors
+from proxy.errors import UpstreamError
+from proxy.metrics import Metrics
+from proxy.settings import CacheSettings, ModelEntry
+from proxy.store import STORE_ERRORS, Store
+
+log = logging.getLogger("embedgate.cache")
+
+KEY_SCHEME = b"embedgate-emb-v1"  # bump to orphan every entry if the key layout ever changes
+ENTRY_HEADER = struct.Struct("<BxxxI")  # format version, padding, token count; then float32 LE
+ENTRY_VERSION = 1
+STORE_RETRY_SECONDS = 1.0  # after a store error, leave the store alone this long
+
+Status = Literal["hit", "miss", "partial", "bypass"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """What the client allows: `Cache-Control: no-cache` skips the read, `no-store` the write."""
+
+    read: bool = True
+    write: bool = True
+
+    @classmethod
+    def parse(cls, header: str | None) -> CacheControl:
+        if not header:
+            return cls()
+        directives = {part.strip().split("=", 1)[0].lower() for part in header.split(",")}
+        return cls(read="no-cache" not in directives, write="no-store" not in directives)
+
+
+ALLOW_ALL = CacheControl()
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """Everything besides the input that decides a vector, and this model's cache policy."""
+
+    model: str  # the config entry's name, for metrics
+    provider: str
+    upstream_model: str
+    revision: str
+    dimensions: int | None  # asked for; None = the model's native size
+    native_dimensions: int | None
+    matryoshka: bool
+    ttl: int
+    max_entry_bytes: int
+    options: tuple[tuple[str, str], ...] = ()  # request options that change the vector (none yet)
+
+    @property
+    def width(self) -> int | None:
+        return self.dimensions or self.native_dimensions
+
+
+def space_for(entry: ModelEntry, upstream_model: str, dimensions: int | None,
+              settings: CacheSettings) -> Space | None:
+    """The cache space of one request, or None when caching is off for this model."""
+    override = entry.cache
+    enabled = override.enabled if override and override.enabled is not None else settings.enabled
+    if not enabled:
+        return None
+    return Space(
+        model=entry.name, provider=entry.provider, upstream_model=upstream_model, revision=entry.revision,
+        dimensions=dimensions, native_dimensions=entry.dimensions, matryoshka=entry.matryoshka,
+        ttl=override.ttl if override and override.ttl else settings.ttl,
+        max_entry_bytes=override.max_entry_bytes if override and override.max_entry_bytes else settings.max_entry_bytes,
+    )
+
+
+def _space_hasher(space: Space, dimensions: int | None) -> hashlib.blake2b:
+    """A hasher already fed the space, every field length-prefixed so no two spaces collide."""
+    hasher = hashlib.blake2b(KEY_SCHEME, digest_size=32)
+    options = (f"{name}={value}" for name, value in space.options)
+    for part in (space.provider, space.upstream_model, space.revision, str(dimensions or "native"), *options):
+        raw = part.encode()
+        hasher.update(len(raw).to_bytes(4, "little"))
+        hasher.update(raw)
+    return hasher
+
+
+def input_digest(space_hasher: hashlib.blake2b, item: EmbedInput) -> str:
+    """The hex digest of one input in a space: text and token ids are tagged apart."""
+    hasher = space_hasher.copy()
+    if isinstance(item, str):
+        hasher.update(b"t")
+        hasher.update(item.encode("utf-8", "surrogatepass"))
+    else:
+        hasher.update(b"i")
+        hasher.update(",".join(map(str, item)).encode())
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    vector: Vectors  # float32 [d]
+    tokens: int
+
+
+def encode_entry(entry: Entry) -> bytes:
+    return ENTRY_HEADER.pack(ENTRY_VERSION, entry.tokens) + np.ascontiguousarray(entry.vector, "<f4").tobytes()
+
+
+def decode_entry(raw: bytes | None, width: int | None) -> Entry | None:
+    """The entry in `raw`, or None when it is absent, malformed or of another width."""
+    if raw is None or len(raw) <= ENTRY_HEADER.size or (len(raw) - ENTRY_HEADER.size) % 4:
+        return None
+    version, tokens = ENTRY_HEADER.unpack_from(raw)
+    vector = np.frombuffer(raw, dtype="<f4", offset=ENTRY_HEADER.size).astype(np.float32, copy=False)
+    if version != ENTRY_VERSION or (width is not None and vector.shape[0] != width):
+        return None
+    return Entry(vector, tokens)
+
+
+def truncate(vector: Vectors, dimensions: int) -> Vectors:
+    """Matryoshka: the first `dimensions` values, L2-normalised (in float64, stored as float32)."""
+    head = vector[:dimensions].astype(np.float64)
+    norm = float(np.linalg.norm(head))
+    return (head / norm if norm > 0 else head).astype(np.float32)
+
+
+def apportion(total: int | None, counts: Sequence[int]) -> list[int]:
+    """Per-input token counts summing to the backend's `total` for the batch (it reports no
+    per-input counts): the gateway's own counts, scaled, largest remainders first."""
+    if total is None or total == sum(counts) or not counts:
+        return list(counts)
+    weights = list(counts) if sum(counts) > 0 else [1] * len(counts)
+    whole = sum(weights)
+    shares = [divmod(total * w, whole) for w in weights]
+    result = [q for q, _ in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: -shares[i][1])
+    for i in by_remainder[: total - sum(result)]:
+        result[i] += 1
+    return result
+
+
+class Fetched(Protocol):
+    """What the pipeline's fetch returns (proxy.dispatch.Dispatched)."""
+
+    @property
+    def vectors(self) -> Vectors: ...
+
+    @property
+    def prompt_tokens(self) -> int | None: ...
+
+
+Fetch = Callable[[Sequence[EmbedInput]], Awaitable[Fetched]]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    vectors: Vectors  # float32 [n, d], row i answers inputs[i]
+    prompt_tokens: int  # the whole request's, hits included
+    cache_hits: int  # inputs (by position) whose vector came from the store
+    cached_tokens: int  # their tokens
+    status: Status
+
+
+Flight = asyncio.Task[dict[str, Entry]]
+
+
+@dataclass(slots=True)
+class _Wanted:
+    item: EmbedInput
+    tokens: int  # the gateway's count
+
+
+class EmbeddingCache:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._flights: dict[str, Flight] = {}
+        self._store_down_until = 0.0
+
+    async def embed(self, space: Space | None, inputs: Sequence[EmbedInput], tokens: Sequence[int],
+                    fetch: Fetch, control: CacheControl = ALLOW_ALL) -> Served:
+        """Vectors for `inputs` in order; `tokens` are the gateway's per-input counts."""
+        if space is None:
+            result = await fetch(inputs)
+            total = result.prompt_tokens if result.prompt_tokens is not None else sum(tokens)
+            return Served(result.vectors, total, 0, 0, "bypass")
+
+        hasher = _space_hasher(space, space.dimensions)
+        keys = [self.store.key("emb", input_digest(hasher, item)) for item in inputs]
+        wanted: dict[str, _Wanted] = {}
+        for key, item, count in zip(keys, inputs, tokens, strict=True):
+            wanted.setdefault(key, _Wanted(item, count))
+
+        # Inputs already on their way from the backend are joined, not read: their flight may
+        # land (and write) while our read is under way.
+        joined = {key: self._flights[key] for key in wanted if key in self._flights}
+        use_store = time.monotonic() >= self._store_down_until
+        found: dict[str, Entry] = {}
+        if use_store and control.read:
+            read = await self._read(space, {k: w for k, w in wanted.items() if k not in joined})
+            if read is None:
+                use_store = False
+            else:
+                found = read
+        misses = {key: w for key, w in wanted.items() if key not in found}
+        if misses:
+            found.update(await self._fetch(space, misses, joined, fetch, write=use_store and control.write))
+
+        entries = [found[key] for key in keys]
+        widths = {e.vector.shape[0] for e in entries}
+        if len(widths) != 1:  # only possible when the config gives no native size and the backend changed it
+            raise UpstreamError("cached and fresh embeddings differ in size; set the model's `dimensions`",
+                                code="upstream_bad_response")
+        hit_entries = [e for key, e in zip(keys, entries, strict=True) if key not in misses]
+        status: Status = ("bypass" if not use_store and control.read else
+                          "hit" if not misses else "miss" if not hit_entries else "partial")
+        return Served(
+            vectors=np.stack([e.vector for e in entries]),
+            prompt_tokens=sum(e.tokens for e in entries),
+            cache_hits=len(hit_entries),
+            cached_tokens=sum(e.tokens for e in hit_entries),
+            status=status,
+        )
+
+    async def _read(self, space: Space, wanted: Mapping[str, _Wanted]) -> dict[str, Entry] | None:
+        """The entries found, with one MGET (asking for full-size vectors too on a matryoshka
+        model); None when the store failed."""
+        keys = list(wanted)
+        full_keys: list[str] = []
+        if space.matryoshka and space.dimensions is not None:
+            full = _space_hasher(space, None)
+            full_keys = [self.store.key("emb", input_digest(full, w.item)) for w in wanted.values()]
+        try:
+            raw = await self.store.get_many(keys + full_keys)
+        except STORE_ERRORS as err:
+            self._store_failed("cache_read", err)
+            return None
+        found: dict[str, Entry] = {}
+        for i, key in enumerate(keys):
+            entry = decode_entry(raw[i], space.width)
+            if entry is None and full_keys:
+                full_entry = decode_entry(raw[len(keys) + i], space.native_dimensions)
+                if full_entry is not None and space.dimensions is not None \
+                        and full_entry.vector.shape[0] > space.dimensions:
+                    entry = Entry(truncate(full_entry.vector, space.dimensions), full_entry.tokens)
+            if entry is not None:
+                found[key] = entry
+        self.metrics.cache_lookups.labels(space.model, "hit").inc(len(found))
+        self.metrics.cache_lookups.labels(space.model, "miss").inc(len(keys) - len(found))
+        return found
+
+    async def _fetch(self, space: Space, misses: dict[str, _Wanted], joined: Mapping[str, Flight],
+                     fetch: Fetch, write: bool) -> dict[str, Entry]:
+        """Entries for the misses: join the flights under way, start one for the rest."""
+        under_way = {key: joined.get(key) or self._flights.get(key) for key in misses}
+        flights = {flight for flight in under_way.values() if flight is not None}
+        own = {key: w for key, w in misses.items() if under_way[key] is None}
+        if own:
+            flight = asyncio.create_task(self._fly(space, own, fetch, write), name="embedgate-cache-flight")
+            for key in own:
+                self._flights[key] = flight
+            flight.add_done_callback(partial(self._landed, list(own)))
+            flights.add(flight)
+        # Shielded: a client that hangs up does not cancel the call others wait on.
+        results = await asyncio.gather(*(asyncio.shield(f) for f in flights))
+        merged = {key: entry for result in results for key, entry in result.items()}
+        return {key: merged[key] for key in misses}
+
+    async def _fly(self, space: Space, own: dict[str, _Wanted], fetch: Fetch, write: bool) -> dict[str, Entry]:
+        wanted = list(own.values())
+        result = await fetch([w.item for w in wanted])
+        counts = apportion(result.prompt_tokens, [w.tokens for w in wanted])
+        entries = {key: Entry(result.vectors[i], counts[i]) for i, key in enumerate(own)}
+        if write:
+            await self._write(space, entries)
+        return entries
+
+    def _landed(self, keys: list[str], flight: Flight) -> None:
+        for key in keys:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here: its waiters got it, or there were none left
+
+    async def _write(self, space: Space, entries: Mapping[str, Entry]) -> None:
+        values = {key: encode_entry(entry) for key, entry in entries.items()}
+        values = {key: raw for key, raw in values.items() if len(raw) <= space.max_entry_bytes}
+        try:
+            await self.store.set_many(values, space.ttl)
+        except STORE_ERRORS as err:
+            self._store_failed("cache_write", err)
+
+    def _store_failed(self, operation: str, err: BaseException) -> None:
+        self.metrics.store_errors.labels(operation).inc()
+        self._store_down_until = time.monotonic() + STORE_RETRY_SECONDS
+        log.warning("cache store %s failed (%s: %s); bypassing the cache for %.0fs",
+                    operation, type(err).__name__, err, STORE_RETRY_SECONDS)
+
+    async def aclose(self) -> None:
+        flights = set(self._flights.values())
+        for flight in flights:
+            flight.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)

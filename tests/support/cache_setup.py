@@ -1,0 +1,72 @@
+"""Config and probes shared by the cache tests and the benchmark's checks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import redis.asyncio as aredis
+
+from proxy.handlers import GATEWAY
+from proxy.settings import Settings, parse_settings
+from tests.conftest import upstream_config
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.servers import ThreadedServer
+
+
+def cache_config(fake: FakeOpenAI, store_url: str = "memory://", **extra: Any) -> dict[str, Any]:
+    """The fake-upstream config plus models that exercise the cache, on a store prefix of its own.
+
+    All of them embed with the fake's `text-embedding-3-small`, so they share one embedding
+    space unless the model says otherwise (another revision, no cache)."""
+    config = upstream_config(fake, store={"url": store_url, "prefix": f"t{uuid.uuid4().hex[:8]}"}, **extra)
+    common = {"provider": "openai", "upstream_model": "text-embedding-3-small", "api_base": fake.url,  # type: ignore[attr-defined]
+              "api_key": fake.api_key, "dimensions": fake.dims, "supports_dimensions": True}
+    config["models"] = [
+        *config["models"],  # type: ignore[misc]
+        {"name": "matryoshka-small", "matryoshka": True, **common},
+        {"name": "small-rev2", "revision": "2", **common},
+        {"name": "private", "cache": {"enabled": False}, **common},
+    ]
+    return config
+
+
+def cache_settings(fake: FakeOpenAI, store_url: str = "memory://", **extra: Any) -> Settings:
+    return parse_settings(cache_config(fake, store_url, **extra))
+
+
+class CountingConnection(aredis.Connection):
+    """Counts round trips: every command or pipeline leaves in one `send_packed_command`."""
+
+    sends: ClassVar[list[bytes]] = []
+    _handshake = False
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        self._handshake = True  # HELLO, CLIENT SETINFO...: the connection's, not the cache's
+        try:
+            await super().on_connect_check_health(check_health)
+        finally:
+            self._handshake = False
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        if not self._handshake and b"\r\nPING\r\n" not in packed[:32]:  # nor are health checks
+            CountingConnection.sends.append(packed)
+        await super().send_packed_command(command, check_health)
+
+
+@contextmanager
+def counted_round_trips(server: ThreadedServer, redis_url: str) -> Iterator[list[bytes]]:
+    """Swap the gateway's store client for one that records each round trip it makes."""
+    store = server.app[GATEWAY].store  # type: ignore[index]
+    original = store.client
+    store.client = aredis.Redis.from_url(redis_url, connection_class=CountingConnection)
+    CountingConnection.sends.clear()
+    try:
+        yield CountingConnection.sends
+    finally:
+        counting, store.client = store.client, original
+        server.call(counting.aclose)
