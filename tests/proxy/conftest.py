@@ -12,11 +12,13 @@ from tests.support.cache_setup import cache_settings
 from tests.support.servers import ThreadedServer
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def caching_gateway(request: pytest.FixtureRequest, fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
-    """A gateway with the cache models (tests/support/cache_setup.py) on memory:// and on the
-    session's real Redis, under a store prefix of its own."""
-    url = request.getfixturevalue("redis_server").url if request.param == "redis" else "memory://"
+    """A gateway with the cache models (tests/support/cache_setup.py) on memory://, on the
+    session's real Redis and on a three-node Redis Cluster (entries spread over its slots),
+    under a store prefix of its own."""
+    servers = {"redis": "redis_server", "cluster": "redis_cluster"}
+    url = request.getfixturevalue(servers[request.param]).url if request.param in servers else "memory://"
     server = start_gateway(cache_settings(fake_openai, url))
     yield server
     server.stop()
