@@ -92,6 +92,7 @@ class LocalProvider:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedgate-local")
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._queued_inputs = 0
+        self.encoding_inputs = 0  # inputs in the forward pass under way (0 when idle)
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -146,16 +147,18 @@ class LocalProvider:
             live = [job for job in jobs if not job.future.done()]
             if not live:
                 continue
+            texts = [t for job in live for t in job.texts]
+            self.encoding_inputs = len(texts)
             try:
-                vectors = await loop.run_in_executor(
-                    self._executor, self._encode, [t for job in live for t in job.texts]
-                )
+                vectors = await loop.run_in_executor(self._executor, self._encode, texts)
             except Exception as err:  # the model failed: every waiting request learns why
                 failure = ProviderError(ErrorKind.UNAVAILABLE, f"local model failed: {type(err).__name__}: {err}")
                 for job in live:
                     if not job.future.done():
                         job.future.set_exception(failure)
                 continue
+            finally:
+                self.encoding_inputs = 0
             start = 0
             for job in live:
                 end = start + len(job.texts)
