@@ -58,7 +58,6 @@ class Store:
         self.settings = settings
         self.client = client if client is not None else connect(settings)
         self.prefix = settings.prefix
-        self.is_memory = settings.url.startswith("memory://")
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
