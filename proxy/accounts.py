@@ -100,34 +100,30 @@ class Accounts:
         await pipe.execute()
         return record, secret
 
-    async def _digest(self, key_id: str) -> str:
+    async def _load(self, key_id: str) -> tuple[str, KeyRecord]:
+        """The key's sha256 and its record, or 404."""
         digest = await self._client.get(self._id_key(key_id))
-        if digest is None:
+        raw = None if digest is None else await self._client.get(record_key(self._store, digest.decode()))
+        if digest is None or raw is None:
             raise NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
-        return str(digest.decode())
+        return digest.decode(), KeyRecord.model_validate_json(raw)
 
     async def get_key(self, key_id: str) -> KeyRecord:
-        raw = await self._client.get(record_key(self._store, await self._digest(key_id)))
-        if raw is None:
-            raise NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
-        return KeyRecord.model_validate_json(raw)
+        return (await self._load(key_id))[1]
 
     async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
         teams = [team] if team else sorted(t.decode() for t in await self._client.smembers(self._teams))
         ids: list[str] = []
         for name in teams:
-            ids += sorted(i.decode() for i in await self._client.smembers(self._team_keys(name)))
-        records = []
-        for key_id in ids:
-            try:
-                records.append(await self.get_key(key_id))
-            except NotFound:  # revoked between the two reads
-                continue
+            ids += [i.decode() for i in await self._client.smembers(self._team_keys(name))]
+        # Two batched reads for the whole list: ids → digests, digests → records.
+        digests = [d.decode() for d in await self._store.get_many([self._id_key(i) for i in ids]) if d is not None]
+        raws = await self._store.get_many([record_key(self._store, d) for d in digests])
+        records = [KeyRecord.model_validate_json(raw) for raw in raws if raw is not None]  # None: revoked meanwhile
         return sorted(records, key=lambda r: (r.team, r.created_at, r.id))
 
     async def patch_key(self, key_id: str, body: KeyPatch) -> KeyRecord:
-        digest = await self._digest(key_id)
-        record = await self.get_key(key_id)
+        digest, record = await self._load(key_id)
         changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
         if "expires_at" in changes:
             changes["expires_at"] = _epoch(body.expires_at)
@@ -138,8 +134,7 @@ class Accounts:
         return updated
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
-        record = await self.get_key(key_id)
-        digest = await self._digest(key_id)
+        digest, record = await self._load(key_id)
         await self._client.delete(record_key(self._store, digest))  # first: revoked from here on
         pipe = self._store.pipeline()
         pipe.delete(self._id_key(key_id))

@@ -22,9 +22,6 @@ CACHE_HEADER = "x-embedgate-cache"
 class EmbeddingResponse:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
-    prompt_tokens: int = 0  # the whole request's, cache hits included
-    cache_hits: int = 0  # inputs served from the cache (for `cache.charge_hits`)
-    cached_tokens: int = 0  # their tokens
 
 
 async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_control: CacheControl = ALLOW_ALL,
@@ -57,5 +54,4 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
                            prompt_tokens=served.prompt_tokens)
     await gw.usage.record(principal, request.user, route.entry.name, tokens=served.prompt_tokens,
                           cache_hits=served.cache_hits)
-    return EmbeddingResponse(body, {CACHE_HEADER: served.status, **charge.headers}, served.prompt_tokens,
-                             served.cache_hits, served.cached_tokens)
+    return EmbeddingResponse(body, {CACHE_HEADER: served.status, **charge.headers})

@@ -79,7 +79,7 @@ class Store:
         """`SET key value EX ttl` for every item, in one pipeline (not a transaction)."""
         if not items:
             return
-        pipe = self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=False)
+        pipe = self.pipeline(transaction=False)
         for key, value in items.items():
             pipe.set(key, value, ex=ttl)
         await pipe.execute()
@@ -88,9 +88,10 @@ class Store:
         """A key in the team's hash-tag slot: every key one quota script touches is one of these."""
         return self.key(f"{{t:{team}}}", *parts)
 
-    def pipeline(self) -> Any:
-        """A pipeline: a MULTI transaction on one Redis; on a cluster, a plain batch split by slot."""
-        return self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=True)
+    def pipeline(self, transaction: bool = True) -> Any:
+        """A pipeline: on one Redis a MULTI transaction unless told otherwise; on a cluster always a
+        plain batch split by slot (a transaction cannot span slots)."""
+        return self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=transaction)
 
     async def warm_up(self) -> None:
         """Learn a cluster's topology before traffic: redis-py's asyncio cluster client can fail

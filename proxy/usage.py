@@ -84,7 +84,7 @@ class Usage:
         else:
             teams = sorted(t.decode() for t in await self._store.client.smembers(self._store.key("teams")))
         days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-        pipe = self._store.client.pipeline(transaction=False)
+        pipe = self._store.pipeline(transaction=False)
         for team in teams:
             for day in days:
                 pipe.hgetall(self._day_key(team, day))
