@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import orjson
 
-from providers.base import ErrorKind, ProviderError
+from providers.base import ErrorKind, ProviderError, finite_seconds
 
 _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: ErrorKind.BAD_REQUEST,
                  422: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 403: ErrorKind.AUTH,
@@ -32,10 +33,22 @@ def _upstream_message(body: bytes) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    return finite_seconds(headers.get("Retry-After"))
+
+
+_INPUT_PARAM = re.compile(r"^(?:input|texts|inputs|requests|instances)\[(\d+)\]")
+
+
+def _blamed_input(body: bytes) -> int | None:
+    """The batch position an error names (OpenAI's `param: "input[3]"`), so the client hears its own index."""
     try:
-        return float(headers["Retry-After"])
-    except (KeyError, ValueError):
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
+    err = data.get("error") if isinstance(data, dict) else None
+    param = err.get("param") if isinstance(err, dict) else None
+    match = _INPUT_PARAM.match(param) if isinstance(param, str) else None
+    return int(match.group(1)) if match else None
 
 
 class HttpClient:
@@ -97,7 +110,8 @@ class HttpClient:
         for secret in secrets:
             if secret:
                 message = message.replace(secret, "***")
-        return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers))
+        return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers),
+                             input_index=_blamed_input(body) if kind is ErrorKind.BAD_REQUEST else None)
 
     async def aclose(self) -> None:
         if self._session is not None:

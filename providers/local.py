@@ -13,18 +13,37 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from providers.base import EmbedBatch, EmbedResult, ErrorKind, ProviderError, Vectors, check_shape
+from providers.base import (
+    DOCUMENT,
+    QUERY,
+    Capabilities,
+    EmbedBatch,
+    EmbedResult,
+    ErrorKind,
+    ProviderError,
+    Vectors,
+    check_shape,
+)
 from providers.http import HttpClient
-from providers.tokenizers import Tokenizer, cl100k
-from proxy.settings import ModelEntry
+from providers.options import DeploymentOptions
+from providers.tokenizers import Tokenizer
 
 MAX_BATCH_INPUTS = 256  # inputs merged into one forward pass
 MAX_QUEUED_INPUTS = 32_768  # beyond this, refuse (503) rather than queue without bound
 ENCODE_BATCH_SIZE = 64
+
+
+class LocalOptions(DeploymentOptions):
+    provider: Literal["local"] = "local"
+    device: str = "auto"  # cuda if present, then mps, then cpu
+    path: str | None = None  # a sentence-transformers directory; default: the bundled all-MiniLM-L6-v2
+    # E5 and BGE models are trained with these prefixes; input_type picks one.
+    query_prefix: str | None = None
+    document_prefix: str | None = None
 
 
 def _import_sentence_transformers() -> Any:
@@ -83,9 +102,11 @@ class _Job:
 
 
 class LocalProvider:
-    def __init__(self, entry: ModelEntry, http: HttpClient | None = None) -> None:
-        self._path = entry.path
-        self._device_preference = entry.device
+    def __init__(self, options: LocalOptions, http: HttpClient | None = None) -> None:
+        self.options = options
+        self._path = options.path
+        self._device_preference = options.device
+        self._prefixes = {QUERY: options.query_prefix, DOCUMENT: options.document_prefix}
         self._model: Any = None
         self._tokenizer: HFTokenizer | None = None
         self.device: str | None = None
@@ -98,6 +119,21 @@ class LocalProvider:
     @property
     def tokenizer(self) -> Tokenizer | None:
         return self._tokenizer
+
+    def capabilities(self, model: str) -> Capabilities:
+        inputs, tokens = self.options.batch_caps(MAX_QUEUED_INPUTS, None)
+        return Capabilities(max_inputs=inputs, max_tokens=tokens, input_type=any(self._prefixes.values()))
+
+    def _prefixed(self, batch: EmbedBatch) -> list[str]:
+        texts = [x for x in batch.inputs if isinstance(x, str)]
+        if len(texts) != len(batch.inputs):  # the dispatcher decodes token ids for a text-only backend
+            raise ProviderError(ErrorKind.BAD_REQUEST, "the local model takes text only")
+        if batch.input_type is None:
+            return texts
+        if batch.input_type not in self._prefixes:
+            raise ProviderError(ErrorKind.BAD_REQUEST, f"input_type must be '{QUERY}' or '{DOCUMENT}' for this model")
+        prefix = self._prefixes[batch.input_type] or ""
+        return [prefix + text for text in texts]
 
     def _load(self) -> None:
         st, torch = _import_sentence_transformers()
@@ -126,13 +162,17 @@ class LocalProvider:
             raise ProviderError(ErrorKind.UNAVAILABLE, "local model is not loaded")
         if self._queued_inputs + len(batch.inputs) > MAX_QUEUED_INPUTS:
             raise ProviderError(ErrorKind.OVERLOADED, "local model queue is full", retry_after=1.0)
-        # Token ids are cl100k ids (what OpenAI clients such as LangChain send): back to text.
-        codec = cl100k()
-        texts = [x if isinstance(x, str) else codec.decode(x) for x in batch.inputs]
+        texts = self._prefixed(batch)
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self._queued_inputs += len(texts)
         self._queue.put_nowait(job)
-        vectors = await job.future
+        try:
+            # The forward pass cannot be interrupted, but no request waits on it past its timeout:
+            # the job's result is dropped when it lands.
+            vectors = await asyncio.wait_for(job.future, self.options.timeout)
+        except TimeoutError:
+            raise ProviderError(ErrorKind.TIMEOUT,
+                                f"local model did not answer within {self.options.timeout:g}s") from None
         return EmbedResult(vectors=check_shape(vectors, len(texts)))
 
     async def _serve(self) -> None:

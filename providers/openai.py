@@ -1,27 +1,55 @@
-"""OpenAI's embeddings API, and every server that speaks it (Azure v1, Mistral, Jina, TEI,
-vLLM, Ollama, Infinity, LocalAI)."""
+"""OpenAI's embeddings API, and every server that speaks it (presets: Mistral, Jina, Together, Fireworks,
+DeepInfra, TEI, vLLM, Ollama, infinity; Azure reuses the translation)."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import model_validator
 
-from providers.base import EmbedBatch, EmbedResult, ErrorKind, ProviderError, check_shape
+from providers.base import (
+    ANY_DIMENSIONS,
+    Capabilities,
+    EmbedBatch,
+    EmbedResult,
+    bad_response,
+    check_shape,
+    check_tokens,
+)
 from providers.http import HttpClient
-from providers.tokenizers import Tokenizer
-from proxy.settings import ModelEntry
+from providers.options import DeploymentOptions
+from providers.presets import PRESETS
+from providers.remote import RemoteProvider
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
+MAX_INPUTS = 2048
+MAX_TOKENS = 300_000
 
 
-def to_payload(batch: EmbedBatch, encoding_format: str) -> dict[str, Any]:
+class OpenAIOptions(DeploymentOptions):
+    provider: Literal["openai"] = "openai"
+    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
+    upstream_encoding: Literal["base64", "float"] = "base64"
+    send_dimensions: bool = True  # the server takes OpenAI's `dimensions` parameter
+    text_only: bool = False  # the server takes strings only: token ids are always decoded first
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            return {**PRESETS[data["preset"]], **data}
+        return data
+
+
+def to_payload(batch: EmbedBatch, encoding_format: str, send_model: bool = True) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "model": batch.model,
         "input": [x if isinstance(x, str) else list(x) for x in batch.inputs],
         "encoding_format": encoding_format,
     }
+    if send_model:
+        payload["model"] = batch.model
     if batch.dimensions is not None:
         payload["dimensions"] = batch.dimensions
     return payload
@@ -29,10 +57,10 @@ def to_payload(batch: EmbedBatch, encoding_format: str) -> dict[str, Any]:
 
 def _vector(raw: Any) -> np.ndarray:
     if isinstance(raw, str):
-        return np.frombuffer(base64.b64decode(raw), dtype="<f4")
+        return np.frombuffer(base64.b64decode(raw, validate=True), dtype="<f4")
     if isinstance(raw, list):
         return np.asarray(raw, dtype=np.float32)
-    raise ProviderError(ErrorKind.BAD_RESPONSE, "embedding is neither a float list nor base64")
+    raise bad_response("embedding is neither a float list nor base64")
 
 
 def from_payload(body: Any, expected: int) -> EmbedResult:
@@ -41,48 +69,36 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
         items = body["data"]
         rows: list[np.ndarray | None] = [None] * expected
         for position, item in enumerate(items):
-            index = int(item.get("index", position))
-            if not 0 <= index < expected or rows[index] is not None:
-                raise ProviderError(ErrorKind.BAD_RESPONSE, f"backend returned a bad index {index}")
+            index = item.get("index", position)
+            if not isinstance(index, int) or not 0 <= index < expected or rows[index] is not None:
+                raise bad_response(f"backend returned a bad index {index!r:.20}")
             rows[index] = _vector(item["embedding"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ProviderError(ErrorKind.BAD_RESPONSE, "backend answer is not an OpenAI embeddings list") from err
+        raise bad_response("backend answer is not an OpenAI embeddings list") from err
     if any(row is None for row in rows) or len({row.shape for row in rows if row is not None}) > 1:
-        raise ProviderError(ErrorKind.BAD_RESPONSE, "backend answer is missing embeddings or mixes sizes")
-    usage = body.get("usage") or {}
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        raise bad_response("backend answer is missing embeddings or mixes sizes")
+    usage = body.get("usage")
+    tokens = check_tokens(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
     vectors = np.stack([row for row in rows if row is not None]) if expected else np.zeros((0, 0), np.float32)
-    prompt_tokens = tokens if isinstance(tokens, int) else None
-    return EmbedResult(vectors=check_shape(vectors, expected), prompt_tokens=prompt_tokens)
+    return EmbedResult(vectors=check_shape(vectors, expected), prompt_tokens=tokens)
 
 
-class OpenAIProvider:
-    def __init__(self, entry: ModelEntry, http: HttpClient) -> None:
-        self._http = http
-        self._url = (entry.api_base or DEFAULT_API_BASE).rstrip("/") + "/embeddings"
-        self._key = entry.api_key.get_secret_value() if entry.api_key else ""
-        self._headers = dict(entry.headers)
-        if self._key:
-            self._headers["Authorization"] = f"Bearer {self._key}"
-        self._encoding = entry.upstream_encoding
-        self._timeout = entry.timeout
+class OpenAIProvider(RemoteProvider):
+    options: OpenAIOptions
 
-    @property
-    def tokenizer(self) -> Tokenizer | None:
-        return None
+    def __init__(self, options: OpenAIOptions, http: HttpClient) -> None:
+        key = options.secret()
+        super().__init__(options, http, {"Authorization": f"Bearer {key}"} if key else None)
+        self._url = (options.api_base or DEFAULT_API_BASE).rstrip("/") + "/embeddings"
 
-    async def start(self) -> None:
-        return None
+    def capabilities(self, model: str) -> Capabilities:
+        inputs, tokens = self.options.batch_caps(MAX_INPUTS, MAX_TOKENS)
+        return Capabilities(
+            max_inputs=inputs, max_tokens=tokens,
+            dimensions=ANY_DIMENSIONS if self.options.send_dimensions else None,
+            token_ids=not self.options.text_only and self.options.passes_token_ids(model),
+        )
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:
-        body = await self._http.post_json(
-            self._url, to_payload(batch, self._encoding), headers=self._headers,
-            timeout=self._timeout, secrets=(self._key,),
-        )
+        body = await self.post(self._url, to_payload(batch, self.options.upstream_encoding))
         return from_payload(body, len(batch.inputs))
-
-    async def health(self) -> bool:
-        return True
-
-    async def aclose(self) -> None:
-        return None

@@ -1,27 +1,41 @@
-"""Provider name (the config's `provider:`) → class. The one place that knows them all."""
+"""Provider name (a deployment's `provider:`) → its options model and class. The one place that knows them all.
+
+Adding a vendor means one module (options + translation + class) and one line here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Union
+
+from pydantic import Field
 
 from providers.base import Provider
 from providers.http import HttpClient
-from providers.local import LocalProvider
-from providers.openai import OpenAIProvider
-from proxy.settings import ModelEntry
+from providers.local import LocalOptions, LocalProvider
+from providers.openai import OpenAIOptions, OpenAIProvider
+from providers.options import DeploymentOptions
 
-ProviderFactory = Callable[[ModelEntry, HttpClient], Provider]
 
-PROVIDERS: dict[str, ProviderFactory] = {
-    "openai": OpenAIProvider,
-    "local": LocalProvider,
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    options: type[DeploymentOptions]
+    build: Callable[[Any, HttpClient], Provider]
+
+
+PROVIDERS: dict[str, ProviderSpec] = {
+    "openai": ProviderSpec(OpenAIOptions, OpenAIProvider),
+    "local": ProviderSpec(LocalOptions, LocalProvider),
 }
 
+# What a config's deployment parses into: the right options model, picked by `provider`.
+if TYPE_CHECKING:
+    AnyDeployment = DeploymentOptions
+else:
+    AnyDeployment = Annotated[Union[tuple(spec.options for spec in PROVIDERS.values())],  # noqa: UP007
+                              Field(discriminator="provider")]
 
-def build_provider(entry: ModelEntry, http: HttpClient) -> Provider:
-    try:
-        factory = PROVIDERS[entry.provider]
-    except KeyError:
-        known = ", ".join(sorted(PROVIDERS))
-        raise ValueError(f"model {entry.name!r}: unknown provider {entry.provider!r} (known: {known})") from None
-    return factory(entry, http)
+
+def build_provider(options: DeploymentOptions, http: HttpClient) -> Provider:
+    return PROVIDERS[options.provider].build(options, http)

@@ -21,15 +21,15 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from providers.base import EmbedInput, Vectors
-from proxy.errors import UpstreamError
+from providers.base import EmbedInput, Vectors, normalize
+from proxy.errors import GatewayError, InvalidRequest, UpstreamError
 from proxy.metrics import Metrics
 from proxy.settings import CacheSettings, ModelEntry
 from proxy.store import STORE_ERRORS, Store
 
 log = logging.getLogger("embedgate.cache")
 
-KEY_SCHEME = b"embedgate-emb-v1"  # bump to orphan every entry if the key layout ever changes
+KEY_SCHEME = b"embedgate-emb-v2"  # bump to orphan every entry if the key layout ever changes
 ENTRY_HEADER = struct.Struct("<BxxxI")  # format version, padding, token count; then float32 LE
 ENTRY_VERSION = 1
 STORE_RETRY_SECONDS = 1.0  # after a store error, leave the store alone this long
@@ -60,33 +60,37 @@ class Space:
     """Everything besides the input that decides a vector, and this model's cache policy."""
 
     model: str  # the config entry's name, for metrics
-    provider: str
-    upstream_model: str
+    identity: tuple[str, ...]  # the embedding space (routing.Route.space_identity), plus the team's scope
     revision: str
     dimensions: int | None  # asked for; None = the model's native size
     native_dimensions: int | None
     matryoshka: bool
     ttl: int
     max_entry_bytes: int
-    options: tuple[tuple[str, str], ...] = ()  # request options that change the vector (none yet)
+    options: tuple[tuple[str, str], ...] = ()  # request options that change the vector (input_type)
 
     @property
     def width(self) -> int | None:
         return self.dimensions or self.native_dimensions
 
 
-def space_for(entry: ModelEntry, upstream_model: str, dimensions: int | None,
-              settings: CacheSettings) -> Space | None:
-    """The cache space of one request, or None when caching is off for this model."""
+def space_for(entry: ModelEntry, identity: tuple[str, ...], dimensions: int | None, settings: CacheSettings, *,
+              team: str | None = None, input_type: str | None = None) -> Space | None:
+    """The cache space of one request, or None when caching is off for this model.
+
+    Entries are per team unless `cache.scope: global`: otherwise any key holder could learn, from
+    a hit, that another team embedded a text."""
     override = entry.cache
     enabled = override.enabled if override and override.enabled is not None else settings.enabled
     if not enabled:
         return None
+    scope = ("global",) if settings.scope == "global" else ("team", team or "")
     return Space(
-        model=entry.name, provider=entry.provider, upstream_model=upstream_model, revision=entry.revision,
+        model=entry.name, identity=(*identity, *scope), revision=entry.revision,
         dimensions=dimensions, native_dimensions=entry.dimensions, matryoshka=entry.matryoshka,
         ttl=override.ttl if override and override.ttl else settings.ttl,
         max_entry_bytes=override.max_entry_bytes if override and override.max_entry_bytes else settings.max_entry_bytes,
+        options=(("input_type", input_type),) if input_type is not None else (),
     )
 
 
@@ -94,7 +98,7 @@ def _space_hasher(space: Space, dimensions: int | None) -> hashlib.blake2b:
     """A hasher already fed the space, every field length-prefixed so no two spaces collide."""
     hasher = hashlib.blake2b(KEY_SCHEME, digest_size=32)
     options = (f"{name}={value}" for name, value in space.options)
-    for part in (space.provider, space.upstream_model, space.revision, str(dimensions or "native"), *options):
+    for part in (*space.identity, space.revision, str(dimensions or "native"), *options):
         raw = part.encode()
         hasher.update(len(raw).to_bytes(4, "little"))
         hasher.update(raw)
@@ -136,9 +140,8 @@ def decode_entry(raw: bytes | None, width: int | None) -> Entry | None:
 
 def truncate(vector: Vectors, dimensions: int) -> Vectors:
     """Matryoshka: the first `dimensions` values, L2-normalised (in float64, stored as float32)."""
-    head = vector[:dimensions].astype(np.float64)
-    norm = float(np.linalg.norm(head))
-    return (head / norm if norm > 0 else head).astype(np.float32)
+    head: Vectors = normalize(vector[np.newaxis, :dimensions])[0]
+    return head
 
 
 def apportion(total: int | None, counts: Sequence[int]) -> list[int]:
@@ -165,20 +168,43 @@ class Fetched(Protocol):
     @property
     def prompt_tokens(self) -> int | None: ...
 
+    @property
+    def deployments(self) -> tuple[str, ...]: ...
 
-Fetch = Callable[[Sequence[EmbedInput]], Awaitable[Fetched]]
+
+# The inputs to embed and the gateway's token count of each.
+Fetch = Callable[[Sequence[EmbedInput], Sequence[int]], Awaitable[Fetched]]
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
     vectors: Vectors  # float32 [n, d], row i answers inputs[i]
     prompt_tokens: int  # the whole request's, hits included
-    cache_hits: int  # inputs (by position) whose vector came from the store
-    cached_tokens: int  # their tokens
+    hits: tuple[int, ...]  # positions whose vector came from the store
     status: Status
+    deployments: tuple[str, ...] = ()  # which served the misses
+
+    @property
+    def cache_hits(self) -> int:
+        return len(self.hits)
 
 
-Flight = asyncio.Task[dict[str, Entry]]
+@dataclass(frozen=True, slots=True)
+class _Landed:
+    entries: dict[str, Entry]
+    deployments: tuple[str, ...]
+
+
+Flight = asyncio.Task[_Landed]
+
+
+class _Refused(Exception):
+    """A flight's input was refused by the backend (a 400): `key` names which, when the backend said."""
+
+    def __init__(self, key: str | None, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.key = key
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -192,15 +218,16 @@ class EmbeddingCache:
         self.store = store
         self.metrics = metrics
         self._flights: dict[str, Flight] = {}
+        self._waiters: dict[Flight, int] = {}  # requests awaiting each flight; none left: it is cancelled
         self._store_down_until = 0.0
 
     async def embed(self, space: Space | None, inputs: Sequence[EmbedInput], tokens: Sequence[int],
                     fetch: Fetch, control: CacheControl = ALLOW_ALL) -> Served:
         """Vectors for `inputs` in order; `tokens` are the gateway's per-input counts."""
         if space is None:
-            result = await fetch(inputs)
+            result = await fetch(inputs, tokens)
             total = result.prompt_tokens if result.prompt_tokens is not None else sum(tokens)
-            return Served(result.vectors, total, 0, 0, "bypass")
+            return Served(result.vectors, total, (), "bypass", result.deployments)
 
         hasher = _space_hasher(space, space.dimensions)
         keys = [self.store.key("emb", input_digest(hasher, item)) for item in inputs]
@@ -220,23 +247,30 @@ class EmbeddingCache:
             else:
                 found = read
         misses = {key: w for key, w in wanted.items() if key not in found}
+        deployments: tuple[str, ...] = ()
         if misses:
-            found.update(await self._fetch(space, misses, joined, fetch, write=use_store and control.write))
+            try:
+                landed = await self._fetch(space, misses, joined, fetch, write=use_store and control.write)
+            except _Refused as refused:  # name the client's own input, not a position in the miss batch
+                refused.error.input_index = keys.index(refused.key) if refused.key in keys else None
+                raise refused.error from None
+            found.update(landed.entries)
+            deployments = landed.deployments
 
         entries = [found[key] for key in keys]
         widths = {e.vector.shape[0] for e in entries}
         if len(widths) != 1:  # only possible when the config gives no native size and the backend changed it
             raise UpstreamError("cached and fresh embeddings differ in size; set the model's `dimensions`",
                                 code="upstream_bad_response")
-        hit_entries = [e for key, e in zip(keys, entries, strict=True) if key not in misses]
+        hits = tuple(i for i, key in enumerate(keys) if key not in misses)
         status: Status = ("bypass" if not use_store and control.read else
-                          "hit" if not misses else "miss" if not hit_entries else "partial")
+                          "hit" if not misses else "miss" if not hits else "partial")
         return Served(
             vectors=np.stack([e.vector for e in entries]),
             prompt_tokens=sum(e.tokens for e in entries),
-            cache_hits=len(hit_entries),
-            cached_tokens=sum(e.tokens for e in hit_entries),
+            hits=hits,
             status=status,
+            deployments=deployments,
         )
 
     async def _read(self, space: Space, wanted: Mapping[str, _Wanted]) -> dict[str, Entry] | None:
@@ -267,30 +301,60 @@ class EmbeddingCache:
         return found
 
     async def _fetch(self, space: Space, misses: dict[str, _Wanted], joined: Mapping[str, Flight],
-                     fetch: Fetch, write: bool) -> dict[str, Entry]:
+                     fetch: Fetch, write: bool) -> _Landed:
         """Entries for the misses: join the flights under way, start one for the rest."""
-        under_way = {key: joined.get(key) or self._flights.get(key) for key in misses}
-        flights = {flight for flight in under_way.values() if flight is not None}
-        own = {key: w for key, w in misses.items() if under_way[key] is None}
+        waits: dict[Flight, list[str]] = {}
+        own: dict[str, _Wanted] = {}
+        for key, wanted in misses.items():
+            flight = joined.get(key) or self._flights.get(key)
+            if flight is None:
+                own[key] = wanted
+            else:
+                waits.setdefault(flight, []).append(key)
+        mine: Flight | None = None
         if own:
-            flight = asyncio.create_task(self._fly(space, own, fetch, write), name="embedgate-cache-flight")
+            mine = asyncio.create_task(self._fly(space, own, fetch, write), name="embedgate-cache-flight")
             for key in own:
-                self._flights[key] = flight
-            flight.add_done_callback(partial(self._landed, list(own)))
-            flights.add(flight)
-        # Shielded: a client that hangs up does not cancel the call others wait on.
-        results = await asyncio.gather(*(asyncio.shield(f) for f in flights))
-        merged = {key: entry for result in results for key, entry in result.items()}
-        return {key: merged[key] for key in misses}
+                self._flights[key] = mine
+            mine.add_done_callback(partial(self._landed, list(own)))
+            waits[mine] = list(own)
+        results = await asyncio.gather(*(
+            self._join(space, flight, {k: misses[k] for k in keys}, fetch, write, owner=flight is mine)
+            for flight, keys in waits.items()))
+        merged = {key: entry for result in results for key, entry in result.entries.items()}
+        used = dict.fromkeys(name for result in results for name in result.deployments)
+        return _Landed({key: merged[key] for key in misses}, tuple(used))
 
-    async def _fly(self, space: Space, own: dict[str, _Wanted], fetch: Fetch, write: bool) -> dict[str, Entry]:
+    async def _join(self, space: Space, flight: Flight, wanted: dict[str, _Wanted], fetch: Fetch, write: bool,
+                    owner: bool) -> _Landed:
+        self._waiters[flight] = self._waiters.get(flight, 0) + 1
+        try:
+            # Shielded: a client that hangs up does not cancel the call others wait on...
+            return await asyncio.shield(flight)
+        except _Refused:
+            if owner:
+                raise
+            # ...and another request's bad input does not fail ours: our inputs go on their own.
+            return await self._fly(space, wanted, fetch, write)
+        finally:
+            self._waiters[flight] -= 1
+            if not self._waiters[flight]:
+                del self._waiters[flight]
+                flight.cancel()  # ...but one no request waits on any more is not worth finishing
+
+    async def _fly(self, space: Space, own: dict[str, _Wanted], fetch: Fetch, write: bool) -> _Landed:
         wanted = list(own.values())
-        result = await fetch([w.item for w in wanted])
+        keys = list(own)
+        try:
+            result = await fetch([w.item for w in wanted], [w.tokens for w in wanted])
+        except InvalidRequest as err:
+            index = err.input_index
+            raise _Refused(keys[index] if index is not None and 0 <= index < len(keys) else None, err) from None
         counts = apportion(result.prompt_tokens, [w.tokens for w in wanted])
-        entries = {key: Entry(result.vectors[i], counts[i]) for i, key in enumerate(own)}
+        entries = {key: Entry(result.vectors[i], counts[i]) for i, key in enumerate(keys)}
         if write:
             await self._write(space, entries)
-        return entries
+        return _Landed(entries, result.deployments)
 
     def _landed(self, keys: list[str], flight: Flight) -> None:
         for key in keys:

@@ -49,13 +49,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.file)
     try:
-        router = Router(settings.models, HttpClient())
+        router = Router(settings.models, HttpClient(), settings.dispatch)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     print(f"{args.file}: OK")
-    print(f"{'model':<40} {'provider':<10} upstream")
-    for name, provider, upstream in router.table():
-        print(f"{name:<40} {provider:<10} {upstream}")
+    print(f"{'model':<32} {'deployment':<40} upstream")
+    for name, deployment, upstream in router.table():
+        print(f"{name:<32} {deployment:<40} {upstream}")
     return 0
 
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
 from proxy.cache import ALLOW_ALL, CacheControl, space_for
-from proxy.dispatch import Dispatched, dispatch
+from proxy.dispatch import Dispatched
+from proxy.errors import GatewayError
 from proxy.gateway import Gateway
 from proxy.render import embeddings_body
 from proxy.request import EmbeddingRequest
 from proxy.validation import validate
 
 CACHE_HEADER = "x-embedgate-cache"
+DEPLOYMENT_HEADER = "x-embedgate-deployment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,25 +29,26 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
                             principal: Principal | None = None) -> EmbeddingResponse:
     route = gw.router.resolve(request.model)
     authorize_model(principal, request.model, route.entry)
-    await route.backend.wait_ready()
-    counted = await validate(request, route)
+    await route.service.wait_ready()
+    target = route.target()
+    counted = await validate(request, route, target)
     charge = await gw.quotas.charge(principal, request.user, counted.total)
 
-    async def fetch(inputs: Sequence[EmbedInput]) -> Dispatched:
-        started = time.perf_counter()
-        result = await dispatch(route, inputs, counted.dimensions)
-        gw.metrics.upstream_latency.labels(route.entry.name, route.entry.provider).observe(
-            time.perf_counter() - started)
-        return result
+    async def fetch(inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
+        return await gw.dispatcher.dispatch(target, inputs, tokens, counted.dimensions, request.input_type)
 
-    space = space_for(route.entry, route.upstream_model, counted.dimensions, gw.settings.cache)
+    space = space_for(route.entry, route.space_identity(), counted.dimensions, gw.settings.cache,
+                      team=principal.team if principal else None, input_type=counted.input_type)
     try:
         served = await gw.cache.embed(space, request.inputs, counted.tokens, fetch, cache_control)
-    except BaseException:
+    except BaseException as err:
         await gw.quotas.refund(charge)
+        if isinstance(err, GatewayError) and err.input_index is not None:
+            err.param = request.param(err.input_index)
         raise
-    if served.cached_tokens and not gw.settings.cache.charge_hits:
-        await gw.quotas.refund(charge, served.cached_tokens)
+    if served.hits and not gw.settings.cache.charge_hits:
+        # Give back what was charged for those inputs (the gateway's count), not what the cache recorded.
+        await gw.quotas.refund(charge, sum(counted.tokens[i] for i in served.hits))
 
     gw.metrics.tokens.labels(route.entry.name).inc(served.prompt_tokens)
     gw.metrics.inputs.labels(route.entry.name).inc(len(request.inputs))
@@ -54,4 +56,6 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
                            prompt_tokens=served.prompt_tokens)
     await gw.usage.record(principal, request.user, route.entry.name, tokens=served.prompt_tokens,
                           cache_hits=served.cache_hits)
-    return EmbeddingResponse(body, {CACHE_HEADER: served.status, **charge.headers})
+    headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: ",".join(served.deployments) or "cache",
+               **charge.headers}
+    return EmbeddingResponse(body, headers)

@@ -31,6 +31,9 @@ class GatewayError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers: dict[str, str] = dict(headers or {})
+        # For an input the backend refused: its position among the inputs that were dispatched, so the
+        # layers above can name the client's own `input[i]`.
+        self.input_index: int | None = None
 
 
 class InvalidRequest(GatewayError):

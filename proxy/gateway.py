@@ -9,6 +9,7 @@ from providers.http import HttpClient
 from proxy.accounts import Accounts
 from proxy.auth import Authenticator
 from proxy.cache import EmbeddingCache
+from proxy.dispatch import Dispatcher
 from proxy.metrics import Metrics
 from proxy.quota import Quotas
 from proxy.routing import Router
@@ -23,9 +24,10 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.http = HttpClient()
-        self.router = Router(settings.models, self.http)
+        self.router = Router(settings.models, self.http, settings.dispatch)
         self.store = Store(settings.store)
         self.metrics = Metrics()
+        self.dispatcher = Dispatcher(settings.dispatch, self.metrics.observe_call)
         self.outages = Outages(self.metrics.store_errors)
         self.auth = Authenticator(settings.auth, self.store, self.outages)
         self.quotas = Quotas(self.store, self.outages)
@@ -43,7 +45,7 @@ class Gateway:
                         "without authentication or quotas")
 
     async def ready(self) -> dict[str, bool]:
-        checks = {f"model:{b.entry.name}": b.ready for b in self.router.backends}
+        checks = {f"deployment:{d.name}": d.ready for d in self.router.deployments}
         checks["store"] = await self.store.ping()
         return checks
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from proxy.dispatch import CallReport
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -19,8 +24,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.upstream_latency = Histogram(
-            "embedgate_upstream_seconds", "Backend call latency", ["model", "provider"],
+            "embedgate_upstream_duration_seconds", "Upstream call latency", ["provider", "deployment"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "embedgate_upstream_requests", "Upstream calls by deployment and outcome",
+            ["provider", "deployment", "outcome"], registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "embedgate_upstream_retries", "Upstream calls that retried inputs an earlier call failed",
+            ["deployment"], registry=self.registry,
         )
         self.tokens = Counter("embedgate_tokens", "Input tokens served", ["model"], registry=self.registry)
         self.inputs = Counter("embedgate_inputs", "Inputs embedded", ["model"], registry=self.registry)
@@ -33,6 +46,13 @@ class Metrics:
             "embedgate_cache_lookups", "Distinct inputs looked up in the embedding cache, by result",
             ["model", "result"], registry=self.registry,
         )
+
+    def observe_call(self, report: CallReport) -> None:
+        self.upstream_requests.labels(report.provider, report.deployment, report.outcome).inc()
+        if report.outcome == "ok":
+            self.upstream_latency.labels(report.provider, report.deployment).observe(report.seconds)
+        if report.retry:
+            self.upstream_retries.labels(report.deployment).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

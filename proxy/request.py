@@ -16,7 +16,9 @@ from proxy.errors import InvalidRequest
 
 MAX_INPUTS = 2048
 MAX_USER_LENGTH = 512
-KNOWN_FIELDS = frozenset({"input", "model", "dimensions", "encoding_format", "user"})
+MAX_INPUT_TYPE_LENGTH = 64
+# OpenAI's fields, plus embedgate's one extension: `input_type` ("query" | "document" | a vendor's own value).
+KNOWN_FIELDS = frozenset({"input", "model", "dimensions", "encoding_format", "user", "input_type"})
 
 Input = str | tuple[int, ...]
 
@@ -29,6 +31,7 @@ class EmbeddingRequest:
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+    input_type: str | None = None
 
     def param(self, index: int) -> str:
         return "input" if self.single else f"input[{index}]"
@@ -130,7 +133,12 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
     if user is not None and (not isinstance(user, str) or len(user) > MAX_USER_LENGTH):
         raise _invalid(f"'user' must be a string of at most {MAX_USER_LENGTH} characters.", "user", "invalid_type")
 
+    input_type = data.get("input_type")
+    if input_type is not None and (not isinstance(input_type, str) or not 0 < len(input_type) <= MAX_INPUT_TYPE_LENGTH):
+        raise _invalid(f"'input_type' must be a non-empty string of at most {MAX_INPUT_TYPE_LENGTH} characters, "
+                       "such as 'query' or 'document'.", "input_type", "invalid_type")
+
     return EmbeddingRequest(
         model=model, inputs=inputs, single=single, dimensions=dimensions,
-        encoding_format=encoding_format, user=user or None,
+        encoding_format=encoding_format, user=user or None, input_type=input_type,
     )

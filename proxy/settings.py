@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from providers.registry import PROVIDERS, AnyDeployment
+
 DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 OPENAI_MAX_INPUT_TOKENS = 8192
 TEAM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # team names appear in store keys and hash tags
@@ -31,6 +33,9 @@ class ServerSettings(_Frozen):
 
 class CacheSettings(_Frozen):
     enabled: bool = True
+    # team: entries are per team, so no key holder learns what another team embedded; global: shared
+    # across teams (more hits), accepting that side channel.
+    scope: Literal["team", "global"] = "team"
     ttl: int = Field(7 * 24 * 3600, ge=1, description="seconds an entry lives")
     max_entry_bytes: int = Field(64 * 1024, ge=16)
     charge_hits: bool = True
@@ -51,38 +56,50 @@ class Limits(_Frozen):
     tokens_per_month: int | None = Field(default=None, ge=0)
 
 
+# Fields of the model itself; every other key of a short-form entry belongs to its one deployment.
+_ENTRY_FIELDS = frozenset({
+    "name", "aliases", "dimensions", "supports_dimensions", "matryoshka", "max_input_tokens", "revision", "cache",
+    "same_space_as", "fallbacks", "strategy", "ignore_input_type", "deployments",
+})
+
+
 class ModelEntry(_Frozen):
-    """One model string clients may send, and the backend that serves it."""
+    """One model string clients may send (or a `prefix/*` pattern), and the deployments that serve it.
+
+    Every deployment of one entry serves the same embedding space, by definition; `same_space_as`
+    declares another entry's space the same, and only such entries may be `fallbacks`.
+    """
 
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
-    provider: str
-    upstream_model: str | None = None
-    api_base: str | None = None
-    api_key: SecretStr | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, description="native output size")
     supports_dimensions: bool = False
     matryoshka: bool = False
     max_input_tokens: int = Field(OPENAI_MAX_INPUT_TOKENS, ge=1)
-    max_batch_size: int = Field(2048, ge=1, description="most inputs the backend takes per call")
-    timeout: float = Field(60.0, gt=0)
-    upstream_encoding: Literal["base64", "float"] = "base64"
-    headers: dict[str, str] = Field(default_factory=dict)
-    # local provider
-    device: str = "auto"
-    path: str | None = None
-    # cache
     revision: str = "1"
     cache: ModelCacheSettings | None = None
+    same_space_as: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    strategy: Literal["weighted", "least_inflight", "latency"] = "weighted"
+    ignore_input_type: bool = False  # let `input_type` through to deployments that have no such notion
+    deployments: tuple[AnyDeployment, ...] = Field(min_length=1)
 
     @property
     def is_pattern(self) -> bool:
         return "*" in self.name
 
-    @field_validator("api_key", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
+    def _short_form(cls, data: Any) -> Any:
+        """`provider: ...` and its options directly in the entry: one deployment, as configs always had."""
+        if not isinstance(data, dict):
+            return data
+        if "deployments" not in data:
+            deployment = {k: v for k, v in data.items() if k not in _ENTRY_FIELDS}
+            data = {**{k: v for k, v in data.items() if k in _ENTRY_FIELDS}, "deployments": [deployment]}
+        if isinstance(data["deployments"], list | tuple):
+            data = {**data, "deployments": _named(str(data.get("name")), data["deployments"])}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelEntry:
@@ -90,7 +107,35 @@ class ModelEntry(_Frozen):
             raise ValueError(f"model pattern {self.name!r}: only one trailing '*' is supported")
         if self.matryoshka and not self.supports_dimensions:
             raise ValueError(f"model {self.name!r}: matryoshka: true needs supports_dimensions: true")
+        if self.is_pattern and (self.same_space_as or self.fallbacks):
+            raise ValueError(f"model pattern {self.name!r}: a pattern is its own space; no same_space_as/fallbacks")
         return self
+
+
+def _named(model: str, deployments: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """Unnamed deployments get `<model>/<provider>`, numbered when one model has several of a provider."""
+    def field(deployment: Any, name: str) -> Any:
+        return deployment.get(name) if isinstance(deployment, dict) else getattr(deployment, name, None)
+
+    providers = [field(d, "provider") for d in deployments]
+    named = []
+    for index, deployment in enumerate(deployments):
+        if isinstance(deployment, dict) and deployment.get("name") is None and isinstance(providers[index], str):
+            suffix = f"-{index}" if providers.count(providers[index]) > 1 else ""
+            deployment = {**deployment, "name": f"{model}/{providers[index]}{suffix}"}
+        named.append(deployment)
+    return named
+
+
+class DispatchSettings(_Frozen):
+    """Retries, backoff and breakers: how the gateway keeps answering when a deployment does not."""
+
+    deadline: float = Field(120.0, gt=0, description="seconds for all upstream work of one request")
+    max_attempts: int = Field(4, ge=1, description="tries of one part, across deployments")
+    backoff_base: float = Field(0.1, ge=0, description="first retry delay; doubles, with full jitter")
+    backoff_max: float = Field(5.0, ge=0)
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a deployment's breaker")
+    breaker_cooldown: float = Field(30.0, gt=0, description="seconds an open breaker waits before one probe")
 
 
 class StaticKey(_Frozen):
@@ -145,6 +190,7 @@ class Settings(_Frozen):
     store: StoreSettings = StoreSettings()
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
+    dispatch: DispatchSettings = DispatchSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -154,12 +200,57 @@ class Settings(_Frozen):
                 if name in seen:
                     raise ValueError(f"model name {name!r} is declared twice")
                 seen.add(name)
+        deployments = [d.name for entry in self.models for d in entry.deployments]
+        twice = sorted({name for name in deployments if deployments.count(name) > 1 and name})
+        if twice:
+            raise ValueError(f"deployment name {twice[0]!r} is used twice")
+        check_spaces(self.models)
         return self
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return next((e for e in self.models if e.name == name), None)
+
+
+def space_root(entries: dict[str, ModelEntry], entry: ModelEntry) -> str:
+    """The name of the entry whose embedding space `entry` shares (itself unless `same_space_as`)."""
+    seen = [entry.name]
+    while entry.same_space_as is not None:
+        target = entries.get(entry.same_space_as)
+        if target is None:
+            raise ValueError(f"model {seen[0]!r}: same_space_as {entry.same_space_as!r} is no configured model")
+        if target.name in seen:
+            raise ValueError(f"model {seen[0]!r}: same_space_as goes round in a circle ({' -> '.join(seen)})")
+        if target.dimensions != entry.dimensions:
+            raise ValueError(f"model {entry.name!r}: same_space_as {target.name!r}, whose native size differs "
+                             f"({entry.dimensions} vs {target.dimensions})")
+        seen.append(target.name)
+        entry = target
+    return entry.name
+
+
+def check_spaces(models: tuple[ModelEntry, ...]) -> None:
+    """Fallbacks stay inside one embedding space: vectors of two models must never meet in one index."""
+    entries = {e.name: e for e in models if not e.is_pattern}
+    for index, entry in enumerate(models):
+        if entry.is_pattern:
+            continue
+        root = space_root(entries, entry)
+        for position, name in enumerate(entry.fallbacks):
+            where = f"models[{index}].fallbacks[{position}]"
+            other = entries.get(name)
+            if other is None or other is entry:
+                raise ValueError(f"{where}: {name!r} is not another configured model")
+            if entry.dimensions is None or other.dimensions != entry.dimensions:
+                raise ValueError(f"{where}: {name!r} has native size {other.dimensions}, {entry.name!r} has "
+                                 f"{entry.dimensions}; a fallback must declare the same `dimensions`")
+            if space_root(entries, other) != root:
+                raise ValueError(f"{where}: {name!r} is another embedding space than {entry.name!r}; "
+                                 f"mark it `same_space_as: {root}` if its vectors really are interchangeable")
 
 
 def default_settings() -> Settings:
     """What `embedgate serve` runs with no config: the bundled local model, in-process store."""
-    return Settings(models=(ModelEntry(name=DEFAULT_LOCAL_MODEL, provider="local"),))
+    return Settings(models=(ModelEntry.model_validate({"name": DEFAULT_LOCAL_MODEL, "provider": "local"}),))
 
 
 class ConfigError(Exception):
@@ -181,12 +272,26 @@ def interpolate(value: Any, env: dict[str, str] | os._Environ[str] | None = None
     return value
 
 
+def _where(loc: tuple[int | str, ...]) -> str:
+    """`models[2].deployments[0].api_version`: list positions in brackets, the provider tag pydantic
+    inserts for a discriminated union left out (the deployment already says which it is)."""
+    text = ""
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif position >= 2 and loc[position - 2] == "deployments" and part in PROVIDERS:
+            continue
+        else:
+            text += f".{part}" if text else part
+    return text or "(top level)"
+
+
 def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for problem in err.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        lines.append(f"{where}: {problem['msg']}")
-    return "; ".join(lines)
+    problems = err.errors()
+    # A failed item also empties its list ("at least 1 item"): report the item, not the echo.
+    locs = [p["loc"] for p in problems]
+    kept = [p for p in problems if not any(len(o) > len(p["loc"]) and o[:len(p["loc"])] == p["loc"] for o in locs)]
+    return "; ".join(f"{_where(problem['loc'])}: {problem['msg']}" for problem in kept)
 
 
 def parse_settings(raw: Any) -> Settings:

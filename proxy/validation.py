@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from providers.tokenizers import cl100k
+from proxy.dispatch import Target, check_servable
 from proxy.errors import InvalidRequest
 from proxy.request import EmbeddingRequest
 from proxy.routing import Route
@@ -18,6 +19,7 @@ OFF_LOOP_CHARS = 64_000  # count bigger requests on a worker thread so the loop 
 class Counted:
     tokens: tuple[int, ...]  # per input, in order
     dimensions: int | None  # what to ask the backend for; None = native size
+    input_type: str | None = None  # as it will reach a backend (None when every deployment ignores it)
 
     @property
     def total(self) -> int:
@@ -55,7 +57,7 @@ async def count_tokens(request: EmbeddingRequest, route: Route) -> list[int]:
     counts = [0 if isinstance(x, str) else len(x) for x in request.inputs]
     texts = request.texts
     if texts:
-        tokenizer = route.backend.tokenizer
+        tokenizer = route.service.tokenizer
         strings = [text for _, text in texts]
         if sum(map(len, strings)) > OFF_LOOP_CHARS:
             text_counts = await asyncio.to_thread(tokenizer.count, strings)
@@ -83,10 +85,19 @@ def check_limits(request: EmbeddingRequest, route: Route, counts: list[int]) -> 
         )
 
 
-async def validate(request: EmbeddingRequest, route: Route) -> Counted:
+def effective_input_type(request: EmbeddingRequest, target: Target) -> str | None:
+    """The input_type that changes vectors: None when no deployment of the model takes one (ignored by config)."""
+    if request.input_type is None:
+        return None
+    takes = any(c.deployment.provider.capabilities(c.model).input_type for c in target.tiers[0])
+    return request.input_type if takes else None
+
+
+async def validate(request: EmbeddingRequest, route: Route, target: Target) -> Counted:
     """Every model-dependent rule, in the order a client can fix them."""
     dimensions = check_dimensions(request, route)
+    check_servable(target, dimensions, request.input_type)
     check_token_ids(request)
     counts = await count_tokens(request, route)
     check_limits(request, route, counts)
-    return Counted(tokens=tuple(counts), dimensions=dimensions)
+    return Counted(tokens=tuple(counts), dimensions=dimensions, input_type=effective_input_type(request, target))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from proxy.settings import DispatchSettings
 from tests.conftest import running_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.servers import ThreadedServer, free_port
@@ -82,7 +83,9 @@ def test_embeddings_without_v1_prefix(upstream_gateway: ThreadedServer) -> None:
 )
 def test_upstream_errors_become_openai_errors(upstream_gateway: ThreadedServer, fake_openai: FakeOpenAI,
                                               status: int, expected_status: int, code: str) -> None:
-    fake_openai.fail_next(status, body={"error": {"message": f"boom with key {fake_openai.api_key}"}})
+    # Every try fails (retryable statuses are tried max_attempts times; the others once).
+    fake_openai.fail_next(status, DispatchSettings().max_attempts,
+                          body={"error": {"message": f"boom with key {fake_openai.api_key}"}})
     resp = httpx.post(upstream_gateway.url + "/v1/embeddings", json={"model": "small", "input": "x"})
     assert_error(resp, expected_status, code)
     assert fake_openai.api_key not in resp.text  # the upstream key never reaches a client

@@ -54,7 +54,7 @@ def test_concurrent_requests_each_get_their_own_vectors(local_gateway: ThreadedS
 
 def local_provider(server: ThreadedServer) -> LocalProvider:
     assert server.app is not None
-    provider = server.app[GATEWAY].router.resolve(LOCAL).backend.provider
+    provider = server.app[GATEWAY].router.resolve(LOCAL).service.deployments[0].provider
     assert isinstance(provider, LocalProvider)
     return provider
 

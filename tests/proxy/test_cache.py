@@ -39,7 +39,7 @@ DIMS = 8
 
 def make_space(**changes: object) -> Space:
     base: dict[str, object] = dict(
-        model="m", provider="openai", upstream_model="up", revision="1", dimensions=None,
+        model="m", identity=("model", "m", "team", "a"), revision="1", dimensions=None,
         native_dimensions=DIMS, matryoshka=False, ttl=60, max_entry_bytes=4096,
     )
     return Space(**{**base, **changes})  # type: ignore[arg-type]
@@ -55,7 +55,9 @@ def digest(item: EmbedInput, **changes: object) -> str:
 def test_key_depends_on_everything_that_decides_the_vector() -> None:
     reference = digest("hello")
     assert digest("hello") == reference
-    for changed in (digest("hello "), digest("hello", provider="cohere"), digest("hello", upstream_model="x"),
+    for changed in (digest("hello "), digest("hello", identity=("model", "other", "team", "a")),
+                    digest("hello", identity=("model", "m", "team", "b")),
+                    digest("hello", identity=("pattern", "openai/*", "https://api.openai.com/v1", "m")),
                     digest("hello", revision="2"), digest("hello", dimensions=4),
                     digest("hello", options=(("input_type", "query"),))):
         assert changed != reference
@@ -72,7 +74,7 @@ def test_text_and_token_ids_never_share_a_key() -> None:
 
 
 def test_fields_are_delimited_so_they_cannot_run_together() -> None:
-    assert digest("x", provider="ab", upstream_model="c") != digest("x", provider="a", upstream_model="bc")
+    assert digest("x", identity=("ab", "c")) != digest("x", identity=("a", "bc"))
 
 
 # --- entries --------------------------------------------------------------------------------
@@ -127,18 +129,18 @@ def test_cache_control(header: str | None, read: bool, write: bool) -> None:
 
 def test_space_for_applies_model_overrides() -> None:
     settings = CacheSettings(ttl=100, max_entry_bytes=1000)
-    plain = ModelEntry(name="a", provider="openai", revision="3")
-    space = space_for(plain, "up-a", 16, settings)
+    plain = ModelEntry.model_validate({"name": "a", "provider": "openai", "revision": "3"})
+    space = space_for(plain, ("model", "a"), 16, settings)
     assert space is not None and (space.ttl, space.max_entry_bytes, space.revision, space.dimensions) == \
         (100, 1000, "3", 16)
     tuned = ModelEntry.model_validate({"name": "b", "provider": "openai", "cache": {"ttl": 5, "max_entry_bytes": 99}})
-    space = space_for(tuned, "up-b", None, settings)
+    space = space_for(tuned, ("model", "b"), None, settings)
     assert space is not None and (space.ttl, space.max_entry_bytes) == (5, 99)
     opted_out = ModelEntry.model_validate({"name": "c", "provider": "openai", "cache": {"enabled": False}})
-    assert space_for(opted_out, "up-c", None, settings) is None
+    assert space_for(opted_out, ("model", "c"), None, settings) is None
     opted_in = ModelEntry.model_validate({"name": "d", "provider": "openai", "cache": {"enabled": True}})
-    assert space_for(opted_in, "up-d", None, CacheSettings(enabled=False)) is not None
-    assert space_for(plain, "up-a", None, CacheSettings(enabled=False)) is None
+    assert space_for(opted_in, ("model", "d"), None, CacheSettings(enabled=False)) is not None
+    assert space_for(plain, ("model", "a"), None, CacheSettings(enabled=False)) is None
 
 
 # --- the cache around a scripted backend ------------------------------------------------------
@@ -151,7 +153,7 @@ class ScriptedBackend:
     delay: float = 0.0
     failure: Exception | None = None
 
-    async def __call__(self, inputs: Sequence[EmbedInput]) -> Dispatched:
+    async def __call__(self, inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
         self.calls.append([input_key(x) for x in inputs])
         await asyncio.sleep(self.delay)
         if self.failure is not None:
@@ -192,9 +194,9 @@ async def test_partial_hits_send_only_misses_and_keep_order(cache: EmbeddingCach
 async def test_usage_and_hit_counts(cache: EmbeddingCache) -> None:
     backend = ScriptedBackend()  # reports 1 token per text; the gateway counted 2
     first = await cache.embed(make_space(), ["a", "b", "a"], [2, 2, 2], backend)
-    assert (first.prompt_tokens, first.cache_hits, first.cached_tokens) == (3, 0, 0)
+    assert (first.prompt_tokens, first.hits) == (3, ())
     second = await cache.embed(make_space(), ["a", "x", "a"], [2, 2, 2], backend)
-    assert (second.prompt_tokens, second.cache_hits, second.cached_tokens, second.status) == (3, 2, 2, "partial")
+    assert (second.prompt_tokens, second.hits, second.status) == (3, (0, 2), "partial")
 
 
 @pytest.mark.asyncio

@@ -7,48 +7,28 @@ import threading
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pytest
 
-from providers import registry
-from providers.base import EmbedBatch, EmbedResult
-from providers.http import HttpClient
-from providers.tokenizers import Tokenizer
+from providers.openai import OpenAIProvider
 from proxy.app import create_app
-from proxy.settings import ModelEntry, parse_settings
+from proxy.settings import parse_settings
+from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.servers import ThreadedServer
 
 GATE = threading.Event()
 
 
-class SlowStartProvider:
-    """A backend whose start-up only finishes when the test says so."""
-
-    def __init__(self, entry: ModelEntry, http: HttpClient) -> None:
-        pass
-
-    @property
-    def tokenizer(self) -> Tokenizer | None:
-        return None
-
-    async def start(self) -> None:
-        await asyncio.to_thread(GATE.wait)
-
-    async def embed(self, batch: EmbedBatch) -> EmbedResult:
-        return EmbedResult(np.ones((len(batch.inputs), 2), dtype=np.float32))
-
-    async def health(self) -> bool:
-        return True
-
-    async def aclose(self) -> None:
-        return None
+async def slow_start(self: OpenAIProvider) -> None:
+    """A backend whose start-up only finishes when the test says so (a local model loading, say)."""
+    await asyncio.to_thread(GATE.wait)
 
 
 @pytest.fixture
-def slow_gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedServer]:
+def slow_gateway(monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI) -> Iterator[ThreadedServer]:
     GATE.clear()
-    monkeypatch.setitem(registry.PROVIDERS, "slow", SlowStartProvider)
-    settings = parse_settings({"models": [{"name": "slow-model", "provider": "slow"}]})
+    monkeypatch.setattr(OpenAIProvider, "start", slow_start)
+    settings = parse_settings({"models": [{"name": "slow-model", "provider": "openai", "api_base": fake_openai.url,
+                                           "api_key": fake_openai.api_key, "upstream_model": "m"}]})
     server = ThreadedServer(lambda: create_app(settings)).start()
     yield server
     GATE.set()
@@ -59,7 +39,7 @@ def test_ready_only_after_backends_start(slow_gateway: ThreadedServer) -> None:
     assert httpx.get(slow_gateway.url + "/healthz").status_code == 200
     not_ready = httpx.get(slow_gateway.url + "/readyz")
     assert not_ready.status_code == 503
-    assert not_ready.json()["checks"]["model:slow-model"] is False
+    assert not_ready.json()["checks"]["deployment:slow-model/openai"] is False
 
     results: list[httpx.Response] = []
     waiter = threading.Thread(target=lambda: results.append(httpx.post(

@@ -29,16 +29,17 @@ def test_example_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     names = [m.name for m in settings.models]
     assert "text-embedding-3-small" in names and "openai/*" in names
     small = settings.models[names.index("text-embedding-3-small")]
-    assert small.api_key is not None and small.api_key.get_secret_value() == "sk-test"
+    key = small.deployments[0].api_key
+    assert key is not None and key.get_secret_value() == "sk-test"
     assert "sk-test" not in repr(settings)  # secrets never print
 
 
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ({"models": [{"name": "m"}]}, "models.0.provider"),
-        ({"models": [{"name": "m", "provider": "openai", "dimensions": 0}]}, "models.0.dimensions"),
-        ({"models": [{"name": "m", "provider": "openai", "colour": "red"}]}, "models.0.colour"),
+        ({"models": [{"name": "m"}]}, "models[0].deployments[0]: Unable to extract tag using discriminator 'provider'"),
+        ({"models": [{"name": "m", "provider": "openai", "dimensions": 0}]}, "models[0].dimensions"),
+        ({"models": [{"name": "m", "provider": "openai", "colour": "red"}]}, "models[0].deployments[0].colour"),
         ({"models": [{"name": "a*b", "provider": "openai"}]}, "trailing"),
         ({"models": [{"name": "m", "provider": "openai"}, {"name": "n", "aliases": ["m"], "provider": "openai"}]},
          "declared twice"),
@@ -66,7 +67,7 @@ def test_check_config_prints_the_route_table() -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "named"),
     [
-        ("models:\n  - name: m\n    provider: openai\n    max_input_tokens: -1\n", "models.0.max_input_tokens"),
+        ("models:\n  - name: m\n    provider: openai\n    max_input_tokens: -1\n", "models[0].max_input_tokens"),
         ("models:\n  - name: m\n    provider: telepathy\n", "telepathy"),
         ("models: [\n", "not valid YAML"),
     ],

@@ -19,11 +19,12 @@ from tests.support.servers import ThreadedServer
 def cache_config(fake: FakeOpenAI, store_url: str = "memory://", **extra: Any) -> dict[str, Any]:
     """The fake-upstream config plus models that exercise the cache, on a store prefix of its own.
 
-    All of them embed with the fake's `text-embedding-3-small`, so they share one embedding
-    space unless the model says otherwise (another revision, no cache)."""
+    All of them embed with the fake's `text-embedding-3-small` and say so (`same_space_as`), so
+    they share one embedding space unless the model says otherwise (another revision, no cache)."""
     config = upstream_config(fake, store={"url": store_url, "prefix": f"t{uuid.uuid4().hex[:8]}"}, **extra)
     common = {"provider": "openai", "upstream_model": "text-embedding-3-small", "api_base": fake.url,  # type: ignore[attr-defined]
-              "api_key": fake.api_key, "dimensions": fake.dims, "supports_dimensions": True}
+              "api_key": fake.api_key, "dimensions": fake.dims, "supports_dimensions": True,
+              "same_space_as": "text-embedding-3-small"}
     config["models"] = [
         *config["models"],  # type: ignore[misc]
         {"name": "matryoshka-small", "matryoshka": True, **common},
