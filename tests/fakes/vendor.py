@@ -1,0 +1,121 @@
+"""What every fake vendor shares: a request log, a problems list the test asserts empty, scripted
+failures (status, body, headers such as Retry-After), a delay, connection resets, and serving itself.
+
+A fake implements one vendor's documented shape in a subclass: `routes()` names its paths, and
+each handler calls `self.checked(request)` first, which records a problem and answers the vendor's
+own error when the auth header is wrong, then plays any scripted failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.vectors import vector_for
+from tests.support.servers import ThreadedServer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Scripted:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False  # drop the connection instead of answering
+
+
+@dataclass
+class FakeVendor:
+    """Base of the vendor fakes. Subclasses set the auth header they expect and their error body shape."""
+
+    api_key: str = "vendor-secret-key-0123456789"
+    url: str = ""  # the fake's base URL once served
+    dims: int = 64
+    delay: float = 0.0
+    calls: list[dict[str, Any]] = field(default_factory=list)  # every decoded body that passed the checks
+    problems: list[str] = field(default_factory=list)  # protocol violations seen; tests assert it stays empty
+    _script: list[Scripted] = field(default_factory=list)
+
+    # -- what subclasses define ----------------------------------------------------------------
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        raise NotImplementedError
+
+    def auth_ok(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"message": message}
+
+    # -- scripting -----------------------------------------------------------------------------
+
+    def fail_next(self, status: int, times: int = 1, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        payload = body if body is not None else self.error_body(status, f"scripted failure {status}")
+        self._script.extend([Scripted(status, payload, dict(headers or {}))] * times)
+
+    def reset_next(self, times: int = 1) -> None:
+        self._script.extend([Scripted(0, None, reset=True)] * times)
+
+    # -- helpers for handlers ------------------------------------------------------------------
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def error(self, status: int, message: str) -> web.Response:
+        return web.json_response(self.error_body(status, message), status=status)
+
+    async def checked(self, request: web.Request) -> tuple[Any, web.StreamResponse | None]:
+        """The decoded JSON body, or the response to send instead (auth failure, scripted failure)."""
+        if not self.auth_ok(request):
+            self.problem(f"bad or missing credentials on {request.path}")
+            return None, self.error(401, "invalid api key")
+        if request.content_type != "application/json":
+            self.problem(f"content type {request.content_type}")
+            return None, self.error(415, "bad content type")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            self.problem("invalid JSON")
+            return None, self.error(400, "invalid JSON")
+        if self._script:
+            scripted = self._script.pop(0)
+            if scripted.reset:
+                assert request.transport is not None
+                request.transport.close()  # the client sees a reset connection, no answer
+                return body, web.Response(status=500)
+            return body, web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return body, None
+
+    def vector(self, item: str | Sequence[int], dims: int | None = None, normalized: bool = True) -> list[float]:
+        """The known vector of `item`, cut to `dims` (unit length again unless `normalized` is False)."""
+        vec = vector_for(item, self.dims)[: dims or self.dims]
+        if normalized:
+            vec = vec / float((vec.astype("float64") ** 2).sum() ** 0.5)
+        return [float(v) for v in vec]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for method, path, handler in self.routes():
+            app.router.add_route(method, path, handler)
+        return app
+
+
+@contextmanager
+def serving(fake: FakeVendor, prefix: str = "") -> Iterator[FakeVendor]:
+    """Serve `fake` on a free port for one test; fails the test if the gateway sent it a bad request."""
+    server = ThreadedServer(fake.app).start()
+    fake.url = server.url + prefix
+    try:
+        yield fake
+    finally:
+        server.stop()
+    assert fake.problems == [], f"the gateway sent {type(fake).__name__} bad requests: {fake.problems}"
