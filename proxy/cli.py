@@ -39,7 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.server.port
     app = create_app(settings)
     log.info("embedgate serving %d model entries on http://%s:%d", len(settings.models), host, port)
-    web.run_app(app, host=host, port=port, loop=_new_loop(), print=None,
+    # handler_cancellation: a client that hangs up cancels its request, and so the upstream calls only it
+    # waited on (its charge is refunded).
+    web.run_app(app, host=host, port=port, loop=_new_loop(), print=None, handler_cancellation=True,
                 access_log_format='%a "%r" %s %b %Tfs')
     return 0
 

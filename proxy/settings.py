@@ -291,7 +291,11 @@ def _format_validation_error(err: ValidationError) -> str:
     # A failed item also empties its list ("at least 1 item"): report the item, not the echo.
     locs = [p["loc"] for p in problems]
     kept = [p for p in problems if not any(len(o) > len(p["loc"]) and o[:len(p["loc"])] == p["loc"] for o in locs)]
-    return "; ".join(f"{_where(problem['loc'])}: {problem['msg']}" for problem in kept)
+    lines = []
+    for problem in kept:
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{_where(problem['loc'])}: {message}" if problem["loc"] else message)
+    return "; ".join(lines)
 
 
 def parse_settings(raw: Any) -> Settings:

@@ -73,14 +73,23 @@ def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
     return StoreSettings(url=server.url, prefix=prefix)
 
 
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
+@contextmanager
+def serving_openai(fake: FakeOpenAI | None = None) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI upstream on a free port; fails the test if the gateway sent it a bad request."""
+    fake = fake or FakeOpenAI()
     server = ThreadedServer(fake.app).start()
     fake.url = server.url + "/v1"
-    yield fake
-    server.stop()
+    try:
+        yield fake
+    finally:
+        server.stop()
     assert fake.problems == [], f"the gateway sent the fake upstream bad requests: {fake.problems}"
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with serving_openai() as fake:
+        yield fake
 
 
 def start_gateway(settings: Settings) -> ThreadedServer:

@@ -323,8 +323,10 @@ class _Run:
             return await self._part(indices, attempt, avoid)  # fail over now: another deployment is healthy
         if error.kind not in RETRYABLE:
             raise self._final(error, attempt)
-        wait = max(delay, error.retry_after or 0.0)
-        if time.monotonic() + wait >= self.deadline:
+        now = time.monotonic()
+        usable_at = min(p.deployment.usable_at() for tier in self._plans for p in tier)
+        wait = max(delay, error.retry_after or 0.0, usable_at - now)
+        if now + wait >= self.deadline:  # nothing can serve in time: say what went wrong, not "try later"
             raise self._final(error, attempt)
         await asyncio.sleep(wait)
         return await self._part(indices, attempt, avoid)

@@ -35,14 +35,19 @@ class FakeOpenAI:
     url: str = ""  # set once it is served: the api_base a gateway config points at
     dims: int = NATIVE_DIMS
     delay: float = 0.0
+    refuse: set[str] = field(default_factory=set)  # texts answered with a 400 naming their `input[i]`
+    token_factor: int = 1  # usage it reports: this many tokens per word
+    cancelled: int = 0  # calls whose client (the gateway) went away before the answer
     received: list[Received] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # protocol violations seen; tests assert it stays empty
-    _failures: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    _failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
 
-    def fail_next(self, status: int, times: int = 1, body: dict[str, Any] | None = None) -> None:
+    def fail_next(self, status: int, times: int = 1, body: dict[str, Any] | None = None,
+                  headers: dict[str, str] | None = None) -> None:
+        """Answer the next `times` calls with `status` and `body` (any status: a 200 with a scripted body too)."""
         payload = body or {"error": {"message": f"scripted failure {status}", "type": "server_error",
                                      "param": None, "code": None}}
-        self._failures.extend([(status, payload)] * times)
+        self._failures.extend([(status, payload, dict(headers or {}))] * times)
 
     @property
     def inputs_seen(self) -> list[str]:
@@ -99,11 +104,18 @@ class FakeOpenAI:
         if problem is not None:
             return problem
         if self._failures:
-            status, payload = self._failures.pop(0)
-            return web.json_response(payload, status=status)
+            status, payload, headers = self._failures.pop(0)
+            return web.json_response(payload, status=status, headers=headers)
         if self.delay:
-            await asyncio.sleep(self.delay)
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         inputs = self._inputs(body["input"])
+        for index, item in enumerate(inputs):
+            if isinstance(item, str) and item in self.refuse:
+                return self._error(400, f"input[{index}] is not allowed here", f"input[{index}]")
         dims = body.get("dimensions") or self.dims
         fmt = body.get("encoding_format", "float")
         self.received.append(Received(body["model"], inputs, body.get("dimensions"), fmt))
@@ -113,7 +125,7 @@ class FakeOpenAI:
             vec = vec / (sum(float(v) * float(v) for v in vec) ** 0.5)
             emb: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode() if fmt == "base64" else vec.tolist()
             data.append({"object": "embedding", "index": index, "embedding": emb})
-        tokens = sum(len(x) if isinstance(x, list) else max(1, len(x.split())) for x in inputs)
+        tokens = self.token_factor * sum(len(x) if isinstance(x, list) else max(1, len(x.split())) for x in inputs)
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

@@ -11,7 +11,8 @@ import numpy as np
 import openai
 import pytest
 
-from providers.local import LocalProvider
+from providers.base import EmbedBatch, ErrorKind, ProviderError
+from providers.local import LocalOptions, LocalProvider
 from proxy.handlers import GATEWAY
 from tests.support.servers import ThreadedServer
 
@@ -74,3 +75,48 @@ def test_a_big_batch_does_not_stall_the_event_loop(local_gateway: ThreadedServer
         assert provider.encoding_inputs == len(big), "the batch finished before /healthz answered"
     finally:
         worker.join(timeout=300)
+
+
+@pytest.mark.asyncio
+async def test_a_stuck_forward_pass_times_out_and_its_result_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 item 17: the forward pass cannot be interrupted, but no request waits on it past its timeout."""
+    provider = LocalProvider(LocalOptions(timeout=0.1))
+    release = threading.Event()
+
+    def stuck(texts: list[str]) -> np.ndarray:
+        release.wait(5)
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    monkeypatch.setattr(provider, "_load", lambda: None)
+    monkeypatch.setattr(provider, "_encode", stuck)
+    await provider.start()
+    try:
+        with pytest.raises(ProviderError) as exc:
+            await provider.embed(EmbedBatch(model="m", inputs=["x"]))
+        assert exc.value.kind is ErrorKind.TIMEOUT
+    finally:
+        release.set()
+        await provider.aclose()
+
+
+@pytest.mark.asyncio
+async def test_input_type_picks_the_models_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = LocalProvider(LocalOptions(query_prefix="query: ", document_prefix="passage: "))
+    seen: list[list[str]] = []
+
+    def record(texts: list[str]) -> np.ndarray:
+        seen.append(texts)
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    monkeypatch.setattr(provider, "_load", lambda: None)
+    monkeypatch.setattr(provider, "_encode", record)
+    await provider.start()
+    try:
+        assert provider.capabilities("m").input_type
+        await provider.embed(EmbedBatch(model="m", inputs=["a"], input_type="query"))
+        await provider.embed(EmbedBatch(model="m", inputs=["b"], input_type="document"))
+        await provider.embed(EmbedBatch(model="m", inputs=["c"]))
+    finally:
+        await provider.aclose()
+    assert seen == [["query: a"], ["passage: b"], ["c"]]
+    assert not LocalProvider(LocalOptions()).capabilities("m").input_type

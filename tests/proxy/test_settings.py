@@ -93,3 +93,49 @@ def test_config_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("EMBEDGATE_CONFIG", str(env_file))
     assert [m.name for m in settings_for(None).models] == ["from-env"]
     assert settings_for(str(ROOT / "config" / "default.yaml")) == default_settings()
+
+
+def deployments_model(name: str, **extra: object) -> dict[str, object]:
+    return {"name": name, "dimensions": 8, "deployments": [{"provider": "openai", "upstream_model": name}], **extra}
+
+
+@pytest.mark.parametrize(
+    ("models", "fragment"),
+    [
+        ([deployments_model("a", fallbacks=["b"]), deployments_model("b")], "models[0].fallbacks[0]: 'b' is another "
+                                                                            "embedding space"),
+        ([deployments_model("a", fallbacks=["b"]), deployments_model("b", same_space_as="a", dimensions=16)],
+         "models[0].fallbacks[0]: 'b' has native size 16, 'a' has 8"),
+        ([deployments_model("a", fallbacks=["nope"])], "'nope' is not another configured model"),
+        ([deployments_model("a", same_space_as="b"), deployments_model("b", same_space_as="a")], "circle"),
+        ([{"name": "m", "deployments": [{"provider": "openai", "api_version": "2024-10-21"}]}],
+         "models[0].deployments[0].api_version: Extra inputs are not permitted"),
+        ([{"name": "m", "provider": "local", "api_style": "v1"}], "models[0].deployments[0].api_style"),
+        ([{"name": "m", "deployments": [{"provider": "openai", "name": "x"}, {"provider": "openai", "name": "x"}]}],
+         "deployment name 'x' is used twice"),
+    ],
+)
+def test_fallbacks_stay_in_one_space_and_vendor_options_stay_in_their_deployment(
+        models: list[dict[str, object]], fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings({"models": models})
+    assert fragment in str(exc.value)
+
+
+def test_a_same_space_fallback_and_the_short_form_both_load() -> None:
+    settings = parse_settings({"models": [
+        deployments_model("a", fallbacks=["b"]), deployments_model("b", same_space_as="a"),
+        {"name": "short", "provider": "openai", "api_base": "http://x/v1", "max_batch_size": 3},
+    ]})
+    short = settings.models[2].deployments[0]
+    assert (short.name, short.api_base, short.max_batch_size) == ("short/openai", "http://x/v1", 3)
+
+
+def test_check_config_refuses_a_cross_space_fallback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("models:\n"
+                      "  - {name: a, dimensions: 8, provider: openai, fallbacks: [b]}\n"
+                      "  - {name: b, dimensions: 8, provider: openai}\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 1
+    assert "models[0].fallbacks[0]: 'b' is another embedding space" in result.stderr

@@ -48,7 +48,8 @@ class ThreadedServer:
 
     async def _start(self) -> None:
         self.app = self._make_app()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # As `embedgate serve` runs: a client that hangs up cancels its handler.
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
