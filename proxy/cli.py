@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
-
-from aiohttp import web
 
 from providers.http import HttpClient
 from proxy.admin_cli import add_admin_commands
@@ -23,27 +20,14 @@ def settings_for(path: str | None) -> Settings:
     return load_settings(path or os.environ.get("EMBEDGATE_CONFIG") or None)
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.app import create_app
+    from proxy.serve import Listen, serve_workers
 
     settings = settings_for(args.config)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    app = create_app(settings)
-    log.info("embedgate serving %d model entries on http://%s:%d", len(settings.models), host, port)
-    # handler_cancellation: a client that hangs up cancels its request, and so the upstream calls only it
-    # waited on (its charge is refunded).
-    web.run_app(app, host=host, port=port, loop=_new_loop(), print=None, handler_cancellation=True,
-                access_log_format='%a "%r" %s %b %Tfs')
-    return 0
+    workers = args.workers if args.workers is not None else settings.server.workers
+    return serve_workers(settings, Listen(host, port), workers)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -69,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config (default: $EMBEDGATE_CONFIG, else the bundled local model)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="processes on the port (default: server.workers, 1)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config and print its route table")

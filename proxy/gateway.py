@@ -35,6 +35,7 @@ class Gateway:
         self.accounts = Accounts(self.store)
         self.cache = EmbeddingCache(self.store, self.metrics)
         self._start_task: asyncio.Task[None] | None = None
+        self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
 
     def start(self) -> None:
         """Begin loading backends in the background; /readyz turns 200 when they are up."""
@@ -47,6 +48,7 @@ class Gateway:
     async def ready(self) -> dict[str, bool]:
         checks = {f"deployment:{d.name}": d.ready for d in self.router.deployments}
         checks["store"] = await self.store.ping()
+        checks["accepting"] = not self.draining
         return checks
 
     async def aclose(self) -> None:

@@ -93,7 +93,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[GATEWAY].ready()
     ready = all(checks.values())
-    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+    status = "ready" if ready else "draining" if not checks["accepting"] else "not ready"
+    return json_response({"status": status, "checks": checks}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -29,6 +29,9 @@ class ServerSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    workers: int = Field(1, ge=1, description="processes serving the port (SO_REUSEPORT)")
+    drain_grace: float = Field(5.0, ge=0, description="seconds the listener stays open after SIGTERM, /readyz 503")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get once the listener closes")
 
 
 class CacheSettings(_Frozen):

@@ -91,13 +91,14 @@ def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] |
 class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / f"gateway-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port)],
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port), *args],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
