@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
+from providers.azure import AzureOptions, AzureProvider
 from providers.base import Provider
+from providers.cohere import CohereOptions, CohereProvider
 from providers.http import HttpClient
 from providers.local import LocalOptions, LocalProvider
 from providers.openai import OpenAIOptions, OpenAIProvider
@@ -27,6 +29,8 @@ class ProviderSpec:
 PROVIDERS: dict[str, ProviderSpec] = {
     "openai": ProviderSpec(OpenAIOptions, OpenAIProvider),
     "local": ProviderSpec(LocalOptions, LocalProvider),
+    "azure": ProviderSpec(AzureOptions, AzureProvider),
+    "cohere": ProviderSpec(CohereOptions, CohereProvider),
 }
 
 # What a config's deployment parses into: the right options model, picked by `provider`.

@@ -40,6 +40,7 @@ class FakeVendor:
     dims: int = 64
     delay: float = 0.0
     calls: list[dict[str, Any]] = field(default_factory=list)  # every decoded body that passed the checks
+    received: int = 0  # every request that reached a route, scripted failures and refusals included
     problems: list[str] = field(default_factory=list)  # protocol violations seen; tests assert it stays empty
     _script: list[Scripted] = field(default_factory=list)
 
@@ -73,6 +74,7 @@ class FakeVendor:
 
     async def checked(self, request: web.Request) -> tuple[Any, web.StreamResponse | None]:
         """The decoded JSON body, or the response to send instead (auth failure, scripted failure)."""
+        self.received += 1
         if not self.auth_ok(request):
             self.problem(f"bad or missing credentials on {request.path}")
             return None, self.error(401, "invalid api key")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,12 +9,7 @@ import pytest
 
 from providers.base import EmbedBatch, ErrorKind, ProviderError
 from providers.openai import from_payload, to_payload
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
+from tests.support.vendor_shapes import fixture
 
 
 def test_to_payload_texts_and_dimensions() -> None:

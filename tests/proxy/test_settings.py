@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from proxy.cli import settings_for
 from proxy.settings import ConfigError, default_settings, interpolate, load_settings, parse_settings
+from tests.support.cli import run_cli
 from tests.support.servers import ROOT
 
 
@@ -51,11 +50,6 @@ def test_errors_name_the_field(raw: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_settings(raw)
     assert fragment in str(exc.value)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_check_config_prints_the_route_table() -> None:

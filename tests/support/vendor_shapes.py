@@ -1,0 +1,23 @@
+"""Vendor translation tests: the documented JSON shapes (fixtures), and what a vendor's error body becomes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from providers.base import ProviderError
+from providers.http import HttpClient
+from tests.support.servers import ROOT
+
+FIXTURES = ROOT / "tests" / "providers" / "fixtures"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def vendor_error(status: int, body: Any, secret: str = "", headers: dict[str, str] | None = None) -> ProviderError:
+    """The error the shared HTTP client makes of a vendor's answer `status` with `body`."""
+    return HttpClient._status_error(status, orjson.dumps(body), headers or {}, (secret,) if secret else ())
