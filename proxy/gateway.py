@@ -33,7 +33,8 @@ class Gateway:
         self.quotas = Quotas(self.store, self.outages)
         self.usage = Usage(self.store, self.outages)
         self.accounts = Accounts(self.store)
-        self.cache = EmbeddingCache(self.store, self.metrics)
+        self.cache_store = Store(settings.cache.store) if settings.cache.store is not None else self.store
+        self.cache = EmbeddingCache(self.cache_store, self.metrics)
         self._start_task: asyncio.Task[None] | None = None
         self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
 
@@ -41,6 +42,8 @@ class Gateway:
         """Begin loading backends in the background; /readyz turns 200 when they are up."""
         self._start_task = asyncio.create_task(self.router.start(), name="embedgate-backends")
         log.info("store: %s", self.store.describe())
+        if self.cache_store is not self.store:
+            log.info("cache store: %s", self.cache_store.describe())
         if not self.auth.enabled:
             log.warning("auth: no master key and no API keys configured: the gateway runs OPEN, "
                         "without authentication or quotas")
@@ -48,6 +51,8 @@ class Gateway:
     async def ready(self) -> dict[str, bool]:
         checks = {f"deployment:{d.name}": d.ready for d in self.router.deployments}
         checks["store"] = await self.store.ping()
+        if self.cache_store is not self.store:
+            checks["cache_store"] = await self.cache_store.ping()
         checks["accepting"] = not self.draining
         return checks
 
@@ -58,3 +63,5 @@ class Gateway:
         await self.router.aclose()
         await self.http.aclose()
         await self.store.aclose()
+        if self.cache_store is not self.store:
+            await self.cache_store.aclose()

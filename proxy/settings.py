@@ -34,6 +34,23 @@ class ServerSettings(_Frozen):
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get once the listener closes")
 
 
+class StoreSettings(_Frozen):
+    url: str = "memory://"
+    cluster: bool = False
+    prefix: str = "eg"
+    on_error: Literal["allow", "deny"] = "allow"
+    timeout: float = Field(1.0, gt=0)
+    max_connections: int = Field(default=256, ge=1, description="pooled connections per Redis node")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        schemes = ("memory://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://", "unix://")
+        if not value.startswith(schemes):
+            raise ValueError(f"store url must start with one of {', '.join(schemes)}")
+        return value
+
+
 class CacheSettings(_Frozen):
     enabled: bool = True
     # team: entries are per team, so no key holder learns what another team embedded; global: shared
@@ -42,6 +59,9 @@ class CacheSettings(_Frozen):
     ttl: int = Field(7 * 24 * 3600, ge=1, description="seconds an entry lives")
     max_entry_bytes: int = Field(64 * 1024, ge=16)
     charge_hits: bool = True
+    # A Redis of its own for embedding entries (maxmemory + allkeys-lru), apart from keys, limits and usage
+    # (noeviction + AOF: an evicted quota counter is a reset limit). Default: the one `store`.
+    store: StoreSettings | None = None
 
 
 class ModelCacheSettings(_Frozen):
@@ -168,23 +188,6 @@ class AuthSettings(_Frozen):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
-
-
-class StoreSettings(_Frozen):
-    url: str = "memory://"
-    cluster: bool = False
-    prefix: str = "eg"
-    on_error: Literal["allow", "deny"] = "allow"
-    timeout: float = Field(1.0, gt=0)
-    max_connections: int = Field(default=256, ge=1, description="pooled connections per Redis node")
-
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        schemes = ("memory://", "redis://", "rediss://", "redis+cluster://", "unix://")
-        if not value.startswith(schemes):
-            raise ValueError(f"store url must start with one of {', '.join(schemes)}")
-        return value
 
 
 class Settings(_Frozen):

@@ -10,9 +10,11 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from proxy.settings import StoreSettings
@@ -42,6 +44,8 @@ def connect(settings: StoreSettings) -> Any:
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
     }
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(url, settings, common)
     if settings.cluster or url.startswith("redis+cluster://"):
         return RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1),
                                      max_connections=settings.max_connections, **common)
@@ -49,6 +53,30 @@ def connect(settings: StoreSettings) -> Any:
                                                  timeout=POOL_WAIT_SECONDS, health_check_interval=10,
                                                  retry_on_timeout=False, **common)
     return redis.Redis(connection_pool=pool)
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """`redis+sentinel://[:password@]host:port,host:port/service_name/db` → (sentinels, service, db, password)."""
+    parsed = urlsplit(url)
+    credentials, _, hosts = parsed.netloc.rpartition("@")
+    password = unquote(credentials.partition(":")[2]) if credentials else None
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        sentinels.append((host or "127.0.0.1", int(port or 26379)))
+    parts = [p for p in parsed.path.split("/") if p]
+    if not parts:
+        raise ValueError("a redis+sentinel:// URL names the service: redis+sentinel://host:port,.../service/db")
+    return sentinels, parts[0], int(parts[1]) if len(parts) > 1 else 0, password or None
+
+
+def _sentinel_client(url: str, settings: StoreSettings, common: dict[str, Any]) -> Any:
+    """The primary of a Sentinel-monitored service. The pool asks the sentinels again after a connection
+    error, so a promoted replica is found without a restart."""
+    sentinels, service, db, password = parse_sentinel_url(url)
+    sentinel = Sentinel(sentinels, sentinel_kwargs=common, **common)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service, db=db, password=password, max_connections=settings.max_connections,
+                               retry_on_timeout=False)
 
 
 class Store:
