@@ -10,6 +10,7 @@ from proxy.accounts import Accounts
 from proxy.auth import Authenticator
 from proxy.cache import EmbeddingCache
 from proxy.dispatch import Dispatcher
+from proxy.ledger import Ledger
 from proxy.metrics import Metrics
 from proxy.quota import Quotas
 from proxy.routing import Router
@@ -30,17 +31,21 @@ class Gateway:
         self.dispatcher = Dispatcher(settings.dispatch, self.metrics.observe_call)
         self.outages = Outages(self.metrics.store_errors)
         self.auth = Authenticator(settings.auth, self.store, self.outages)
-        self.quotas = Quotas(self.store, self.outages)
-        self.usage = Usage(self.store, self.outages)
+        self.ledger = Ledger(self.store, settings.store.max_pending, settings.store.spill_dir)
+        self.quotas = Quotas(self.store, self.outages, self.ledger)
+        self.usage = Usage(self.store, self.outages, self.ledger)
         self.accounts = Accounts(self.store)
         self.cache_store = Store(settings.cache.store) if settings.cache.store is not None else self.store
         self.cache = EmbeddingCache(self.cache_store, self.metrics)
         self._start_task: asyncio.Task[None] | None = None
+        self._ledger_task: asyncio.Task[None] | None = None
         self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
 
     def start(self) -> None:
         """Begin loading backends in the background; /readyz turns 200 when they are up."""
         self._start_task = asyncio.create_task(self.router.start(), name="embedgate-backends")
+        self.ledger.replay()
+        self._ledger_task = asyncio.create_task(self.ledger.run(), name="embedgate-ledger")
         log.info("store: %s", self.store.describe())
         if self.cache_store is not self.store:
             log.info("cache store: %s", self.cache_store.describe())
@@ -59,6 +64,10 @@ class Gateway:
     async def aclose(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
+        if self._ledger_task is not None:
+            self._ledger_task.cancel()
+        if self.ledger.pending and not await self.ledger.flush():
+            self.ledger.spill()
         await self.cache.aclose()
         await self.router.aclose()
         await self.http.aclose()

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Literal
 
 from proxy.auth import Principal
 from proxy.errors import GatewayError, QuotaExceeded, RateLimited, ServiceUnavailable
+from proxy.ledger import HASH, WINDOW, Increment, Ledger
 from proxy.settings import Limits
 from proxy.store import STORE_ERRORS, Outages, Store
 
@@ -62,6 +65,27 @@ def quota_keys(store: Store, team: str, key_id: str, user: str | None) -> list[s
     return keys
 
 
+def _periods(sec: int) -> tuple[str, int, str, int]:
+    """The day and month fields of `sec` and when each ends, as _common.lua's `periods` has them."""
+    day = datetime.fromtimestamp(sec, UTC)
+    next_month = (day.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    day_end = (sec // 86400 + 1) * 86400
+    return day.strftime("%Y%m%d"), day_end, day.strftime("%Y%m"), int(next_month.timestamp())
+
+
+def missed_charge(keys: list[str], tokens: int, now: int) -> list[tuple[Increment, int, int]]:
+    """The counter increments quota.lua would have made for this charge at `now` (the process clock,
+    since the store's is out of reach), for the ledger to apply when the store returns."""
+    day, day_end, month, month_end = _periods(now)
+    out: list[tuple[Increment, int, int]] = []
+    for first in range(1, len(keys), len(COUNTERS)):
+        rq, tk, td, tm = keys[first:first + len(COUNTERS)]
+        out += [(Increment(WINDOW, rq), 1, now), (Increment(WINDOW, tk), tokens, now),
+                (Increment(HASH, td, day), tokens, day_end + 86400 - now),
+                (Increment(HASH, tm, month), tokens, month_end + 86400 - now)]
+    return out
+
+
 def format_reset(ms: int) -> str:
     """OpenAI's duration format: "20ms", "1s", "6m0s", "1h2m3s"."""
     if ms <= 0:
@@ -98,15 +122,18 @@ class Charge:
     has_user: bool = False
     charged_at: int | None = None  # Redis TIME seconds of the charge; None = nothing charged
     headers: dict[str, str] = field(default_factory=dict)
+    missed_at: int | None = None  # process-clock seconds of a charge kept in the ledger (store down)
+    team: str = ""
 
 
 NOTHING = Charge()
 
 
 class Quotas:
-    def __init__(self, store: Store, outages: Outages) -> None:
+    def __init__(self, store: Store, outages: Outages, ledger: Ledger) -> None:
         self._store = store
         self._outages = outages
+        self._ledger = ledger
         self._deny_on_error = store.settings.on_error == "deny"
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
@@ -128,7 +155,15 @@ class Quotas:
     async def refund(self, charge: Charge, tokens: int | None = None) -> None:
         """Give back `tokens` of a charge (all of them by default), from the buckets it filled."""
         amount = charge.tokens if tokens is None else min(tokens, charge.tokens)
-        if charge.charged_at is None or amount <= 0:
+        if amount <= 0:
+            return
+        if charge.missed_at is not None:
+            requests = set(charge.keys[1::len(COUNTERS)])  # a refunded request still counts for rpm
+            self._ledger.take(charge.team, ((inc, amount) for inc, _, _ in
+                                            missed_charge(list(charge.keys), amount, charge.missed_at)
+                                            if inc.key not in requests))
+            return
+        if charge.charged_at is None:
             return
         try:
             await self._refund(keys=list(charge.keys), args=[charge.charged_at, amount, int(charge.has_user)])
@@ -149,7 +184,12 @@ class Quotas:
             if self._deny_on_error:
                 raise ServiceUnavailable("The quota store is unavailable; requests are refused until it returns "
                                          "(store.on_error: deny).") from err
-            return NOTHING
+            if not commit:
+                return NOTHING
+            # Served without a check, but counted: the ledger charges it when the store returns.
+            now = int(time.time())
+            self._ledger.add(principal.team, missed_charge(keys, tokens, now))
+            return Charge(tuple(keys), tokens, user is not None, missed_at=now, team=principal.team)
         self._outages.succeeded()
         headers = _headers(reply)
         if commit and int(reply[0]) != 1:

@@ -41,6 +41,11 @@ class StoreSettings(_Frozen):
     on_error: Literal["allow", "deny"] = "allow"
     timeout: float = Field(1.0, gt=0)
     max_connections: int = Field(default=256, ge=1, description="pooled connections per Redis node")
+    # While the store is down, charges and usage are kept in process (proxy/ledger.py) and written
+    # when it returns; past this many distinct counters, usage keeps per-key totals only.
+    max_pending: int = Field(default=100_000, ge=100, description="counters kept in process during an outage")
+    spill_dir: Path | None = Field(default=Path("data/spill"),
+                                   description="where pending accounting is written at shutdown; null: lost")
 
     @field_validator("url")
     @classmethod

@@ -15,6 +15,7 @@ import orjson
 
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest
+from proxy.ledger import Ledger
 from proxy.store import STORE_ERRORS, Outages, Store
 
 COUNTERS = ("requests", "tokens", "cache_hits")
@@ -54,9 +55,10 @@ def parse_range(start: str | None, end: str | None) -> tuple[date, date]:
 
 
 class Usage:
-    def __init__(self, store: Store, outages: Outages) -> None:
+    def __init__(self, store: Store, outages: Outages, ledger: Ledger) -> None:
         self._store = store
         self._outages = outages
+        self._ledger = ledger
 
     def _day_key(self, team: str, day: date) -> str:
         return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
@@ -67,16 +69,22 @@ class Usage:
         if principal is None or principal.team is None:
             return
         key = self._day_key(principal.team, utc_today())
+        fields = [([counter, principal.key_id, user or "", model], amount)
+                  for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits))
+                  if amount]
         pipe = self._store.pipeline()
-        for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
-            if amount:
-                pipe.hincrby(key, orjson.dumps([counter, principal.key_id, user or "", model]).decode(), amount)
+        for parts, amount in fields:
+            pipe.hincrby(key, orjson.dumps(parts).decode(), amount)
         pipe.expire(key, USAGE_DAYS * 86400)
         pipe.sadd(self._store.key("teams"), principal.team)
         try:
             await pipe.execute()
         except STORE_ERRORS as err:
             self._outages.failed("usage", err)
+            # Kept in process and written when the store returns (proxy/ledger.py). The MULTI runs
+            # whole or not at all; only a reply lost after EXEC ran (a timeout at that very moment)
+            # could count this request twice.
+            self._ledger.add_usage(principal.team, key, fields, USAGE_DAYS * 86400)
 
     async def query(self, where: UsageFilter, first: date, last: date) -> dict[str, Any]:
         if where.team:

@@ -48,6 +48,13 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is written on the way down (an AOF keeps what was fsynced)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
 from proxy.accounts import Accounts
+from proxy.ledger import Ledger
 from proxy.quota import Quotas
 from proxy.settings import StoreSettings
 from proxy.store import Outages, Store
@@ -21,15 +23,19 @@ class Services:
     accounts: Accounts
     usage: Usage
     errors: Counter
+    ledger: Ledger
 
 
-async def with_services(settings: StoreSettings, body: Callable[[Services], Awaitable[None]]) -> None:
+async def with_services(settings: StoreSettings, body: Callable[[Services], Awaitable[None]], *,
+                        max_pending: int = 100_000, spill_dir: Path | None = None) -> None:
     """Run `body` with fresh services on the running loop, and close the store after."""
     store = Store(settings)
     errors = Counter("store_errors", "store errors", ["operation"], registry=CollectorRegistry())
     outages = Outages(errors)
     try:
         await store.warm_up()
-        await body(Services(store, Quotas(store, outages), Accounts(store), Usage(store, outages), errors))
+        ledger = Ledger(store, max_pending, spill_dir)
+        await body(Services(store, Quotas(store, outages, ledger), Accounts(store), Usage(store, outages, ledger),
+                            errors, ledger))
     finally:
         await store.aclose()
