@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +39,11 @@ class FakeOpenAI:
     refuse: set[str] = field(default_factory=set)  # texts answered with a 400 naming their `input[i]`
     token_factor: int = 1  # usage it reports: this many tokens per word
     cancelled: int = 0  # calls whose client (the gateway) went away before the answer
+    failure_rate: float = 0.0  # this share of calls answers 500 at random (seeded: a run repeats)
     received: list[Received] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # protocol violations seen; tests assert it stays empty
     _failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    _random: random.Random = field(default_factory=lambda: random.Random(0))
 
     def fail_next(self, status: int, times: int = 1, body: dict[str, Any] | None = None,
                   headers: dict[str, str] | None = None) -> None:
@@ -106,6 +109,8 @@ class FakeOpenAI:
         if self._failures:
             status, payload, headers = self._failures.pop(0)
             return web.json_response(payload, status=status, headers=headers)
+        if self.failure_rate and self._random.random() < self.failure_rate:
+            return self._error(500, "The server had an error while processing your request.")
         if self.delay:
             try:
                 await asyncio.sleep(self.delay)
