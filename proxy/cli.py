@@ -1,4 +1,4 @@
-"""`embedgate serve | check-config | keys | teams | usage`: the command line."""
+"""`embedgate serve | check-config | keys | teams | usage | embed`: the command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from providers.http import HttpClient
 from proxy.admin_cli import add_admin_commands
+from proxy.bulk.command import add_embed_command
 from proxy.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("embedgate")
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
     add_admin_commands(sub)
+    add_embed_command(sub)
     return parser
 
 
