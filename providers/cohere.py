@@ -11,7 +11,6 @@ import re
 from dataclasses import replace
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import model_validator
 
 from providers.base import (
@@ -21,9 +20,9 @@ from providers.base import (
     EmbedBatch,
     EmbedResult,
     bad_response,
-    check_shape,
     check_tokens,
     normalize,
+    number_rows,
 )
 from providers.http import HttpClient
 from providers.options import DeploymentOptions
@@ -96,16 +95,7 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
         rows = body["embeddings"]["float"]
     except (KeyError, TypeError) as err:
         raise bad_response("backend answer is not a Cohere embed response with float embeddings") from err
-    if not isinstance(rows, list) or len(rows) != expected:
-        raise bad_response(f"backend returned {len(rows) if isinstance(rows, list) else 0} embeddings "
-                           f"for {expected} inputs")
-    try:
-        raw = np.asarray(rows)  # a ragged list raises; strings, nulls or objects show in the dtype
-    except ValueError as err:
-        raise bad_response("backend answer mixes embedding sizes") from err
-    if raw.ndim != 2 or raw.dtype.kind not in "iuf":
-        raise bad_response("backend embeddings are not lists of numbers")
-    return EmbedResult(vectors=check_shape(raw.astype(np.float32), expected), prompt_tokens=billed_tokens(body))
+    return EmbedResult(vectors=number_rows(rows, expected), prompt_tokens=billed_tokens(body))
 
 
 class CohereProvider(RemoteProvider):
