@@ -39,8 +39,8 @@ class FakeCohere(FakeVendor):
     def routes(self) -> list[tuple[str, str, Any]]:
         return [("POST", "/v2/embed", self.embed)]
 
-    def texts_seen(self) -> list[str]:
-        return [text for call in self.calls for text in call["texts"]]
+    def texts_of(self, call: Any) -> list[str]:
+        return list(call["texts"])
 
     async def embed(self, request: web.Request) -> web.StreamResponse:
         body, early = await self.checked(request)

@@ -55,6 +55,17 @@ class FakeVendor:
     def error_body(self, status: int, message: str) -> Any:
         return {"message": message}
 
+    def auth_refused(self) -> web.Response:
+        """What the vendor answers a wrong or missing credential."""
+        return self.error(401, "invalid api key")
+
+    def texts_of(self, call: Any) -> list[str]:
+        """The texts in one accepted request body, for vendors that take text."""
+        raise NotImplementedError
+
+    def texts_seen(self) -> list[str]:
+        return [text for call in self.calls for text in self.texts_of(call)]
+
     # -- scripting -----------------------------------------------------------------------------
 
     def fail_next(self, status: int, times: int = 1, body: Any = None, headers: dict[str, str] | None = None) -> None:
@@ -77,7 +88,7 @@ class FakeVendor:
         self.received += 1
         if not self.auth_ok(request):
             self.problem(f"bad or missing credentials on {request.path}")
-            return None, self.error(401, "invalid api key")
+            return None, self.auth_refused()
         if request.content_type != "application/json":
             self.problem(f"content type {request.content_type}")
             return None, self.error(415, "bad content type")
