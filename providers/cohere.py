@@ -11,8 +11,6 @@ import re
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import model_validator
-
 from providers.base import (
     DOCUMENT,
     QUERY,
@@ -38,17 +36,12 @@ _VERSIONED = re.compile(r"^embed-v(\d+)")  # "embed-v4.0"; older names read "emb
 
 class CohereOptions(DeploymentOptions):
     provider: Literal["cohere"] = "cohere"
+    key_required = "Cohere authenticates every call with a Bearer key"
     # NONE: an input over the model's context is refused (400), as OpenAI does, rather than embedded
     # from a part of it without anyone knowing. START / END cut it as Cohere documents.
     truncate: Literal["NONE", "START", "END"] = "NONE"
     # Clients of an OpenAI-shaped API compare by dot product: rows are L2-normalised unless this is false.
     normalize: bool = True
-
-    @model_validator(mode="after")
-    def _needs_key(self) -> CohereOptions:
-        if self.api_key is None:
-            raise ValueError("api_key is required: Cohere authenticates every call with a Bearer key")
-        return self
 
 
 def output_dimensions(model: str) -> tuple[int, ...] | None:

@@ -16,8 +16,6 @@ from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import model_validator
-
 from providers.base import (
     ANY_DIMENSIONS,
     DOCUMENT,
@@ -43,12 +41,7 @@ _MODERN_PREFIXES = ("gemini-embedding-", "text-embedding-004")
 
 class GeminiOptions(DeploymentOptions):
     provider: Literal["gemini"] = "gemini"
-
-    @model_validator(mode="after")
-    def _needs_key(self) -> GeminiOptions:
-        if self.api_key is None:
-            raise ValueError("api_key is required: the Gemini API authenticates every call with x-goog-api-key")
-        return self
+    key_required = "the Gemini API authenticates every call with x-goog-api-key"
 
 
 def model_id(model: str) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import model_validator
-
 from providers.base import (
     DOCUMENT,
     QUERY,
@@ -48,15 +46,10 @@ TOKEN_MARGIN = 0.75
 
 class VoyageOptions(DeploymentOptions):
     provider: Literal["voyage"] = "voyage"
+    key_required = "Voyage authenticates every call with a Bearer key"
     # False: an input over the model's context is refused (400), as OpenAI does, rather than embedded from a
     # part of it without anyone knowing. True lets Voyage cut it to the context length.
     truncation: bool = False
-
-    @model_validator(mode="after")
-    def _needs_key(self) -> VoyageOptions:
-        if self.api_key is None:
-            raise ValueError("api_key is required: Voyage authenticates every call with a Bearer key")
-        return self
 
 
 def output_dimensions(model: str) -> tuple[int, ...] | None:

@@ -108,6 +108,22 @@ class FakeVendor:
             await asyncio.sleep(self.delay)
         return body, None
 
+    @staticmethod
+    def text_list_problem(body: Any, fields: frozenset[str], texts_key: str) -> str | None:
+        """What every vendor that takes a list of texts refuses first: not an object, an unknown field, no
+        model, no texts or an empty one."""
+        if not isinstance(body, dict):
+            return "body is not an object"
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            return f"unknown field {unknown[0]}"
+        model, texts = body.get("model"), body.get(texts_key)
+        if not isinstance(model, str) or not model:
+            return "model is required"
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            return f"{texts_key} must be a non-empty list of non-empty strings"
+        return None
+
     def vector(self, item: str | Sequence[int], dims: int | None = None, normalized: bool = True) -> list[float]:
         """The known vector of `item`, cut to `dims` (unit length again unless `normalized` is False)."""
         vec = vector_for(item, self.dims)[: dims or self.dims]

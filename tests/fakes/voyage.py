@@ -85,16 +85,10 @@ class FakeVoyage(FakeVendor):
     @staticmethod
     def body_problem(body: Any) -> str | None:
         """What Voyage would refuse in this body (or what the gateway must not send), or None."""
-        if not isinstance(body, dict):
-            return "body is not an object"
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            return f"unknown field {unknown[0]}"
-        model, texts = body.get("model"), body.get("input")
-        if not isinstance(model, str) or not model:
-            return "model is required"
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-            return "input must be a non-empty list of non-empty strings"
+        problem = FakeVendor.text_list_problem(body, FIELDS, "input")
+        if problem is not None:
+            return problem
+        model, texts = body["model"], body["input"]
         if len(texts) > MAX_INPUTS:
             return f"The maximum length of the input list is {MAX_INPUTS}; received {len(texts)}"
         if body.get("input_type") not in (None, "query", "document"):

@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from providers import gemini
-from providers.base import ANY_DIMENSIONS, EmbedBatch, ErrorKind, ProviderError
+from providers.base import ANY_DIMENSIONS, EmbedBatch, ErrorKind
 from providers.gemini import GeminiOptions, GeminiProvider, from_payload, to_payload
 from providers.http import HttpClient
-from tests.support.vendor_shapes import fixture, vendor_error
+from tests.support.vendor_shapes import assert_bad_response, fixture, vendor_error
 
 
 def test_request_is_the_documented_one() -> None:
@@ -93,9 +93,7 @@ def test_answer_rows_and_no_token_count() -> None:
     ],
 )
 def test_malformed_answers_are_refused(body: Any) -> None:
-    with pytest.raises(ProviderError) as exc:
-        from_payload(body, 2)
-    assert exc.value.kind is ErrorKind.BAD_RESPONSE
+    assert_bad_response(from_payload, body)
 
 
 def test_options() -> None:

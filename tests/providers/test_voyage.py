@@ -12,7 +12,7 @@ from providers import voyage
 from providers.base import EmbedBatch, ErrorKind, ProviderError
 from providers.http import HttpClient
 from providers.voyage import VoyageOptions, VoyageProvider, from_payload, to_payload
-from tests.support.vendor_shapes import fixture, vendor_error
+from tests.support.vendor_shapes import assert_bad_response, fixture, vendor_error
 
 
 def test_request_is_the_documented_one() -> None:
@@ -105,9 +105,7 @@ def test_rows_are_placed_by_index() -> None:
     ],
 )
 def test_malformed_answers_are_refused(body: Any) -> None:
-    with pytest.raises(ProviderError) as exc:
-        from_payload(body, 2)
-    assert exc.value.kind is ErrorKind.BAD_RESPONSE
+    assert_bad_response(from_payload, body)
 
 
 def test_options() -> None:
