@@ -11,9 +11,6 @@ import re
 from dataclasses import replace
 from typing import Any, Literal
 
-import numpy as np
-from pydantic import model_validator
-
 from providers.base import (
     DOCUMENT,
     QUERY,
@@ -21,9 +18,9 @@ from providers.base import (
     EmbedBatch,
     EmbedResult,
     bad_response,
-    check_shape,
     check_tokens,
     normalize,
+    number_rows,
 )
 from providers.http import HttpClient
 from providers.options import DeploymentOptions
@@ -39,17 +36,12 @@ _VERSIONED = re.compile(r"^embed-v(\d+)")  # "embed-v4.0"; older names read "emb
 
 class CohereOptions(DeploymentOptions):
     provider: Literal["cohere"] = "cohere"
+    key_required = "Cohere authenticates every call with a Bearer key"
     # NONE: an input over the model's context is refused (400), as OpenAI does, rather than embedded
     # from a part of it without anyone knowing. START / END cut it as Cohere documents.
     truncate: Literal["NONE", "START", "END"] = "NONE"
     # Clients of an OpenAI-shaped API compare by dot product: rows are L2-normalised unless this is false.
     normalize: bool = True
-
-    @model_validator(mode="after")
-    def _needs_key(self) -> CohereOptions:
-        if self.api_key is None:
-            raise ValueError("api_key is required: Cohere authenticates every call with a Bearer key")
-        return self
 
 
 def output_dimensions(model: str) -> tuple[int, ...] | None:
@@ -96,16 +88,7 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
         rows = body["embeddings"]["float"]
     except (KeyError, TypeError) as err:
         raise bad_response("backend answer is not a Cohere embed response with float embeddings") from err
-    if not isinstance(rows, list) or len(rows) != expected:
-        raise bad_response(f"backend returned {len(rows) if isinstance(rows, list) else 0} embeddings "
-                           f"for {expected} inputs")
-    try:
-        raw = np.asarray(rows)  # a ragged list raises; strings, nulls or objects show in the dtype
-    except ValueError as err:
-        raise bad_response("backend answer mixes embedding sizes") from err
-    if raw.ndim != 2 or raw.dtype.kind not in "iuf":
-        raise bad_response("backend embeddings are not lists of numbers")
-    return EmbedResult(vectors=check_shape(raw.astype(np.float32), expected), prompt_tokens=billed_tokens(body))
+    return EmbedResult(vectors=number_rows(rows, expected), prompt_tokens=billed_tokens(body))
 
 
 class CohereProvider(RemoteProvider):

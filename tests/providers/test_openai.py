@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from providers.base import EmbedBatch, ErrorKind, ProviderError
+from providers.base import EmbedBatch
 from providers.openai import from_payload, to_payload
-from tests.support.vendor_shapes import fixture
+from tests.support.vendor_shapes import assert_bad_response, fixture
 
 
 def test_to_payload_texts_and_dimensions() -> None:
@@ -51,9 +51,7 @@ def test_from_payload_base64_is_little_endian_float32() -> None:
     ],
 )
 def test_from_payload_rejects_malformed_answers(body: Any) -> None:
-    with pytest.raises(ProviderError) as exc:
-        from_payload(body, 2)
-    assert exc.value.kind is ErrorKind.BAD_RESPONSE
+    assert_bad_response(from_payload, body)
 
 
 def test_missing_usage_leaves_the_count_to_the_gateway() -> None:

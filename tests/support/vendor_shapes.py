@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 
-from providers.base import ProviderError
+from providers.base import EmbedResult, ErrorKind, ProviderError
 from providers.http import HttpClient
 from tests.support.servers import ROOT
 
@@ -21,3 +23,10 @@ def fixture(name: str) -> Any:
 def vendor_error(status: int, body: Any, secret: str = "", headers: dict[str, str] | None = None) -> ProviderError:
     """The error the shared HTTP client makes of a vendor's answer `status` with `body`."""
     return HttpClient._status_error(status, orjson.dumps(body), headers or {}, (secret,) if secret else ())
+
+
+def assert_bad_response(from_payload: Callable[[Any, int], EmbedResult], body: Any, expected: int = 2) -> None:
+    """`from_payload` refuses `body` as an answer not in the documented shape."""
+    with pytest.raises(ProviderError) as exc:
+        from_payload(body, expected)
+    assert exc.value.kind is ErrorKind.BAD_RESPONSE
