@@ -4,10 +4,11 @@ DeepInfra, TEI, vLLM, Ollama, infinity; Azure reuses the translation)."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from providers.base import (
     ANY_DIMENSIONS,
@@ -34,16 +35,22 @@ class OpenAIOptions(DeploymentOptions):
     upstream_encoding: Literal["base64", "float"] = "base64"
     send_dimensions: bool = True  # the server takes OpenAI's `dimensions` parameter
     text_only: bool = False  # the server takes strings only: token ids are always decoded first
+    # A server that reads query-vs-document from a body field of its own (Jina: `task`): that field, and
+    # query/document in its words; any other value a client sends goes as it is.
+    input_type_field: str | None = Field(None, min_length=1)
+    input_types: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
+        """The preset's values under the config's own: whatever the config sets wins."""
         if isinstance(data, dict) and data.get("preset") in PRESETS:
             return {**PRESETS[data["preset"]], **data}
         return data
 
 
-def to_payload(batch: EmbedBatch, encoding_format: str, send_model: bool = True) -> dict[str, Any]:
+def to_payload(batch: EmbedBatch, encoding_format: str, send_model: bool = True,
+               input_type_field: str | None = None, input_types: Mapping[str, str] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "input": [x if isinstance(x, str) else list(x) for x in batch.inputs],
         "encoding_format": encoding_format,
@@ -52,6 +59,8 @@ def to_payload(batch: EmbedBatch, encoding_format: str, send_model: bool = True)
         payload["model"] = batch.model
     if batch.dimensions is not None:
         payload["dimensions"] = batch.dimensions
+    if input_type_field is not None and batch.input_type is not None:
+        payload[input_type_field] = (input_types or {}).get(batch.input_type, batch.input_type)
     return payload
 
 
@@ -96,9 +105,13 @@ class OpenAIProvider(RemoteProvider):
         return Capabilities(
             max_inputs=inputs, max_tokens=tokens,
             dimensions=ANY_DIMENSIONS if self.options.send_dimensions else None,
+            input_type=self.options.input_type_field is not None,
             token_ids=not self.options.text_only and self.options.passes_token_ids(model),
         )
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:
-        body = await self.post(self._url, to_payload(batch, self.options.upstream_encoding))
+        options = self.options
+        payload = to_payload(batch, options.upstream_encoding, input_type_field=options.input_type_field,
+                             input_types=options.input_types)
+        body = await self.post(self._url, payload)
         return from_payload(body, len(batch.inputs))

@@ -78,7 +78,8 @@ def serving_openai(fake: FakeOpenAI | None = None) -> Iterator[FakeOpenAI]:
     """A fake OpenAI upstream on a free port; fails the test if the gateway sent it a bad request."""
     fake = fake or FakeOpenAI()
     server = ThreadedServer(fake.app).start()
-    fake.url = server.url + "/v1"
+    fake.root = server.url
+    fake.url = server.url + fake.compat.base_path
     try:
         yield fake
     finally:
