@@ -92,8 +92,9 @@ def test_rate_limit_headers_on_success_and_on_errors(gateway: ThreadedServer) ->
     assert (ok.headers["x-ratelimit-limit-requests"], ok.headers["x-ratelimit-remaining-requests"]) == ("10", "9")
     assert (ok.headers["x-ratelimit-limit-tokens"], ok.headers["x-ratelimit-remaining-tokens"]) == ("1000", "990")
     assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
-    bad = embed(gateway.url, key, dimensions=0)  # a 400 after authentication still reports the limits
-    assert bad.status_code == 400 and bad.headers["x-ratelimit-remaining-requests"] == "9"
+    bad = embed(gateway.url, key, dimensions=0)  # a 400 after authentication reports the limits and counts
+    assert bad.status_code == 400 and bad.headers["x-ratelimit-remaining-requests"] == "8"
+    assert bad.headers["x-ratelimit-remaining-tokens"] == "990"  # but charges no tokens
 
 
 def test_refused_requests_count_against_the_team_rpm(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:

@@ -53,7 +53,7 @@ def test_token_ids_over_the_request_cap_are_refused_before_the_rest_is_checked()
     with pytest.raises(InvalidRequest) as exc:
         parse(body)
     assert (exc.value.param, exc.value.code) == ("input", "max_tokens_per_request")
-    assert "400005 tokens" in exc.value.message and "300000" in exc.value.message
+    assert "Requested 400002 tokens" in exc.value.message and "300000" in exc.value.message
 
 
 def test_one_long_token_array_is_one_input() -> None:
