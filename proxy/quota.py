@@ -152,6 +152,18 @@ class Quotas:
         except GatewayError as err:
             return err.headers
 
+    async def count_refused(self, principal: Principal | None, user: str | None, err: GatewayError) -> None:
+        """Count a request refused after authentication (a 400) against rpm: a refused request is still
+        a request. It charges no tokens; its error gets the rate-limit headers. Raises 429 instead when
+        the caller is already over a limit. A store outage leaves the client's own error as it is."""
+        if self._outages.down:
+            return
+        try:
+            charge = await self._run(principal, user, 0, commit=True)
+        except ServiceUnavailable:
+            return
+        err.headers.update(charge.headers)
+
     async def refund(self, charge: Charge, tokens: int | None = None) -> None:
         """Give back `tokens` of a charge (all of them by default), from the buckets it filled."""
         amount = charge.tokens if tokens is None else min(tokens, charge.tokens)

@@ -6,7 +6,6 @@ live in `validation.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ import orjson
 from proxy.errors import InvalidRequest
 
 MAX_INPUTS = 2048
+MAX_TOKENS_PER_REQUEST = 300_000
 MAX_USER_LENGTH = 512
 MAX_INPUT_TYPE_LENGTH = 64
 # OpenAI's fields, plus embedgate's one extension: `input_type` ("query" | "document" | a vendor's own value).
@@ -49,14 +49,21 @@ def _invalid(message: str, param: str, code: str = "invalid_value") -> InvalidRe
     return InvalidRequest(message, param=param, code=code)
 
 
-def _token_list(value: Sequence[Any], param: str) -> tuple[int, ...]:
+def too_many_tokens(total: int) -> InvalidRequest:
+    return _invalid(f"Requested {total} tokens, max {MAX_TOKENS_PER_REQUEST} tokens per request.",
+                    "input", "max_tokens_per_request")
+
+
+def _token_list(value: list[Any], param: str) -> tuple[int, ...]:
+    # Whole-list checks run in C (type set, min); the per-position scan runs only to name a bad id.
     if not value:
         raise _invalid(f"'{param}' is an empty token array; an input must not be empty.", param)
-    for position, token in enumerate(value):
-        if not _is_int(token):
-            raise _invalid(f"'{param}[{position}]' must be an integer token id.", param, "invalid_type")
-        if token < 0:
-            raise _invalid(f"'{param}[{position}]' is a negative token id.", param)
+    if set(map(type, value)) != {int}:  # bool, float, str, null, a nested array: not a token id
+        position = next(i for i, token in enumerate(value) if not _is_int(token))
+        raise _invalid(f"'{param}[{position}]' must be an integer token id.", param, "invalid_type")
+    if min(value) < 0:
+        position = next(i for i, token in enumerate(value) if token < 0)
+        raise _invalid(f"'{param}[{position}]' is a negative token id.", param)
     return tuple(value)
 
 
@@ -72,11 +79,17 @@ def _parse_input(raw: Any) -> tuple[tuple[Input, ...], bool]:
         )
     if not raw:
         raise _invalid("'input' must not be an empty array.", "input")
+    if _is_int(raw[0]):  # one token array is one input, however many ids it holds (as at OpenAI)
+        if len(raw) > MAX_TOKENS_PER_REQUEST:
+            raise too_many_tokens(len(raw))
+        return (_token_list(raw, "input"),), True
     if len(raw) > MAX_INPUTS:
         raise _invalid(f"'input' has {len(raw)} items; at most {MAX_INPUTS} inputs are allowed per request.",
                        "input", "too_many_inputs")
-    if all(_is_int(x) for x in raw):
-        return (_token_list(raw, "input"),), True
+    # Token ids are their own count: a body over the cap is refused before any id in it is looked at.
+    ids = sum(len(item) for item in raw if isinstance(item, list))
+    if ids > MAX_TOKENS_PER_REQUEST:
+        raise too_many_tokens(ids)
     inputs: list[Input] = []
     for index, item in enumerate(raw):
         param = f"input[{index}]"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
 
 from providers.tokenizers import cl100k
 from proxy.dispatch import Target, check_servable
 from proxy.errors import InvalidRequest
-from proxy.request import EmbeddingRequest
+from proxy.request import MAX_TOKENS_PER_REQUEST, EmbeddingRequest, too_many_tokens
 from proxy.routing import Route
 
-MAX_TOKENS_PER_REQUEST = 300_000
 OFF_LOOP_CHARS = 64_000  # count bigger requests on a worker thread so the loop keeps serving
 
 
@@ -43,14 +45,24 @@ def check_dimensions(request: EmbeddingRequest, route: Route) -> int | None:
 
 
 def check_token_ids(request: EmbeddingRequest) -> None:
-    vocab = cl100k().vocab_size
-    for index, item in enumerate(request.inputs):
-        if not isinstance(item, str) and max(item) >= vocab:
-            raise InvalidRequest(
-                f"'{request.param(index)}' holds token id {max(item)}, "
-                f"outside the tokenizer's vocabulary (0..{vocab - 1}).",
-                param=request.param(index), code="invalid_value",
-            )
+    """Every token id must be one cl100k can decode: inside its vocabulary and not one of its unused ids."""
+    arrays = [(index, item) for index, item in enumerate(request.inputs) if not isinstance(item, str)]
+    if not arrays:
+        return
+    # All ids in one array, checked at once against the tokenizer's table (parsing bounded them to 300,000).
+    ends = np.cumsum([len(ids) for _, ids in arrays])
+    flat = np.fromiter(chain.from_iterable(ids for _, ids in arrays), dtype=np.uint64, count=int(ends[-1]))
+    codec = cl100k()
+    refused = codec.undecodable(flat)
+    if not refused.size:
+        return
+    position = int(refused[0])
+    index = arrays[int(np.searchsorted(ends, position, side="right"))][0]
+    token = int(flat[position])
+    reason = (f"outside the tokenizer's vocabulary (0..{codec.vocab_size - 1})" if token >= codec.vocab_size
+              else "an unused id of the tokenizer's vocabulary, which no text encodes to")
+    raise InvalidRequest(f"'{request.param(index)}' holds token id {token}, {reason}.",
+                         param=request.param(index), code="invalid_value")
 
 
 async def count_tokens(request: EmbeddingRequest, route: Route) -> list[int]:
@@ -79,10 +91,7 @@ def check_limits(request: EmbeddingRequest, route: Route, counts: list[int]) -> 
             )
     total = sum(counts)
     if total > MAX_TOKENS_PER_REQUEST:
-        raise InvalidRequest(
-            f"Requested {total} tokens, max {MAX_TOKENS_PER_REQUEST} tokens per request.",
-            param="input", code="max_tokens_per_request",
-        )
+        raise too_many_tokens(total)
 
 
 def effective_input_type(request: EmbeddingRequest, target: Target) -> str | None:

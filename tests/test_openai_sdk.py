@@ -133,6 +133,7 @@ TOO_LONG = "hello " * 8200  # > 8192 cl100k tokens
         ({"input": ["x"] * 2049}, "input", "too_many_inputs"),
         ({"input": ["fine", TOO_LONG]}, "input[1]", "context_length_exceeded"),
         ({"input": TOO_LONG}, "input", "context_length_exceeded"),
+        ({"input": list(range(1, 9001))}, "input", "context_length_exceeded"),  # one array: one input
         ({"input": ["word " * 8000] * 38}, "input", "max_tokens_per_request"),
         ({"input": [1, 2, 100277]}, "input", "invalid_value"),
         ({"input": [[5], [1, 200000]]}, "input[1]", "invalid_value"),
@@ -155,6 +156,26 @@ def test_validation_rules(upstream_gateway: ThreadedServer, fake_openai: FakeOpe
         client_for(upstream_gateway).embeddings.create(model="small", **kwargs)  # type: ignore[arg-type]
     assert_openai_error(exc, 400, param, code)
     assert fake_openai.received == [], "a rejected request must never reach the backend"
+
+
+def test_one_long_token_array_is_one_input(upstream_gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
+    ids = list(range(1, 3001))  # more ids than inputs per request: still one input, as at OpenAI
+    result = client_for(upstream_gateway).embeddings.create(model="small", input=ids)
+    assert len(result.data) == 1 and result.usage.prompt_tokens == 3000
+    assert [r.inputs for r in fake_openai.received] == [[ids]]
+
+
+@pytest.mark.parametrize("model", ["fake/bge-small-en-v1.5", "small"])
+def test_undecodable_token_ids_are_400_before_the_backend(upstream_gateway: ThreadedServer, fake_openai: FakeOpenAI,
+                                                          model: str) -> None:
+    # fake/* is not an OpenAI model, so its ids are decoded with cl100k, which has no token 100256 or 100261-100275.
+    client = client_for(upstream_gateway)
+    for hole in (100256, 100261, 100275):
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.embeddings.create(model=model, input=[[1, 2], [3, hole]])
+        assert_openai_error(exc, 400, "input[1]", "invalid_value")
+    assert fake_openai.received == [], "a rejected request must never reach the backend"
+    client.embeddings.create(model=model, input=[[1, 2], [3, 100257]])  # a special token decodes
 
 
 def test_2048_inputs_are_allowed(upstream_gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:

@@ -7,13 +7,23 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.cli import main
 from proxy.settings import DispatchSettings
 from tests.conftest import running_gateway, start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, put_team, ten_tokens
+from tests.support.admin import (
+    MASTER_KEY,
+    TEN_TOKENS,
+    admin,
+    create_key,
+    embed,
+    error_code,
+    put_team,
+    ten_tokens,
+)
 from tests.support.servers import ThreadedServer
 
 
@@ -82,8 +92,23 @@ def test_rate_limit_headers_on_success_and_on_errors(gateway: ThreadedServer) ->
     assert (ok.headers["x-ratelimit-limit-requests"], ok.headers["x-ratelimit-remaining-requests"]) == ("10", "9")
     assert (ok.headers["x-ratelimit-limit-tokens"], ok.headers["x-ratelimit-remaining-tokens"]) == ("1000", "990")
     assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
-    bad = embed(gateway.url, key, dimensions=0)  # a 400 after authentication still reports the limits
-    assert bad.status_code == 400 and bad.headers["x-ratelimit-remaining-requests"] == "9"
+    bad = embed(gateway.url, key, dimensions=0)  # a 400 after authentication reports the limits and counts
+    assert bad.status_code == 400 and bad.headers["x-ratelimit-remaining-requests"] == "8"
+    assert bad.headers["x-ratelimit-remaining-tokens"] == "990"  # but charges no tokens
+
+
+def test_refused_requests_count_against_the_team_rpm(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
+    put_team(gateway.url, "search", limits={"rpm": 3})
+    key = create_key(gateway.url)["key"]
+    bad_json = httpx.post(gateway.url + "/v1/embeddings", content=b"{not json",
+                          headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    refused = [bad_json, embed(gateway.url, key, input=""), embed(gateway.url, key, dimensions=65)]
+    assert [r.status_code for r in refused] == [400, 400, 400], [r.text for r in refused]
+    assert refused[-1].headers["x-ratelimit-remaining-requests"] == "0"
+    for resp in (embed(gateway.url, key, dimensions=0), embed(gateway.url, key)):  # one refused more, one valid
+        assert resp.status_code == 429 and error_code(resp) == "rate_limit_exceeded", resp.text
+        assert "team 'search'" in resp.json()["error"]["message"]
+    assert fake_openai.received == []
 
 
 def test_a_failed_backend_call_refunds_its_tokens(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:

@@ -12,6 +12,7 @@ from proxy.auth import hash_key
 from tests.conftest import start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, admin, create_key, embed, error_code
+from tests.support.http import raw_request
 from tests.support.servers import ThreadedServer
 
 STATIC_RAW = "static-raw-key-for-gitops"
@@ -35,6 +36,20 @@ def test_missing_unknown_and_malformed_keys_are_401(gateway: ThreadedServer) -> 
         assert resp.status_code == 401 and error_code(resp) == "invalid_api_key", resp.text
     bad_json = httpx.post(gateway.url + "/v1/embeddings", content=b"{not json")
     assert bad_json.status_code == 401  # authentication comes before validation, as at OpenAI
+
+
+@pytest.mark.parametrize("header", [b"Bearer \xff\xfe", b"Bearer eg-\xc3\x28-not-utf8", b"\xff\xfe x"])
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/embeddings"), ("GET", "/admin/keys"),
+                                              ("GET", "/v1/models")])
+def test_a_non_utf8_authorization_header_is_401(gateway: ThreadedServer, fake_openai: FakeOpenAI,
+                                                method: str, path: str, header: bytes) -> None:
+    body = b'{"model": "text-embedding-3-small", "input": "x"}'
+    reply = raw_request(gateway.url, method, path, [b"Authorization: " + header, b"Content-Type: application/json"],
+                        body if method == "POST" else b"")
+    assert reply.status == 401, reply.body
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_api_key", error
+    assert fake_openai.received == []
 
 
 def test_a_created_key_works_and_a_revoked_one_stops_at_once(gateway: ThreadedServer) -> None:

@@ -45,3 +45,29 @@ def test_rejections_name_the_param(body: object, param: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         parse(body)
     assert exc.value.param == param
+
+
+def test_token_ids_over_the_request_cap_are_refused_before_the_rest_is_checked() -> None:
+    # The first two arrays already hold 400,000 ids: the malformed items after them are never looked at.
+    body = {"model": "m", "input": [[1] * 200_000, [2] * 200_000, [3, -5], "", {"not": "an input"}]}
+    with pytest.raises(InvalidRequest) as exc:
+        parse(body)
+    assert (exc.value.param, exc.value.code) == ("input", "max_tokens_per_request")
+    assert "Requested 400002 tokens" in exc.value.message and "300000" in exc.value.message
+
+
+def test_one_long_token_array_is_one_input() -> None:
+    req = parse({"model": "m", "input": list(range(1, 3001))})
+    assert req.inputs == (tuple(range(1, 3001)),) and req.single  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "code"),
+    [([3, "x"], "input", "invalid_type"), ([3, 1.0], "input", "invalid_type"), ([3, [4]], "input", "invalid_type"),
+     ([3, -4], "input", "invalid_value"), ([[3, 4], [5, None]], "input[1]", "invalid_type")],
+)
+def test_bad_token_ids_are_refused_naming_their_array(raw: list[object], param: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse({"model": "m", "input": raw})
+    assert (exc.value.param, exc.value.code) == (param, code)
+    assert "[1]' " in exc.value.message  # the position inside the array

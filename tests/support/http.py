@@ -4,12 +4,14 @@ decoding of its answers back into float32 vectors."""
 from __future__ import annotations
 
 import base64
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -68,3 +70,20 @@ def embed_ok(base_url: str, inputs: str | Sequence[str | Sequence[int]], **kwarg
     reply = embed(base_url, inputs, **kwargs)
     assert reply.status == 200, reply.body
     return reply
+
+
+def raw_request(base_url: str, method: str, path: str, headers: Sequence[bytes], body: bytes = b"") -> Reply:
+    """One HTTP/1.1 request written byte by byte, for header bytes no client library would send."""
+    where = urlsplit(base_url)
+    head = [f"{method} {path} HTTP/1.1".encode(), f"Host: {where.netloc}".encode(), *headers,
+            f"Content-Length: {len(body)}".encode(), b"Connection: close"]
+    with socket.create_connection((where.hostname, where.port or 80), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    raw_head, _, raw_body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
+    message = Message()
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        message[name.strip()] = value.strip()
+    return Reply(int(status_line.split()[1]), message, raw_body)
