@@ -113,6 +113,20 @@ def check_shape(vectors: Vectors, expected_rows: int) -> Vectors:
     return vectors
 
 
+def vectors_from_rows(rows: Any, expected: int) -> Vectors:
+    """A JSON list of number lists (one per input, in order) as checked float32 rows."""
+    if not isinstance(rows, list) or len(rows) != expected:
+        raise bad_response(f"backend returned {len(rows) if isinstance(rows, list) else 0} embeddings "
+                           f"for {expected} inputs")
+    try:
+        raw = np.asarray(rows)  # a ragged list raises; strings, nulls or objects show in the dtype
+    except ValueError as err:
+        raise bad_response("backend answer mixes embedding sizes") from err
+    if raw.ndim != 2 or raw.dtype.kind not in "iuf":
+        raise bad_response("backend embeddings are not lists of numbers")
+    return check_shape(raw.astype(np.float32), expected)
+
+
 def check_tokens(value: Any) -> int | None:
     """A usage count from a backend: a non-negative int, or None when absent; nonsense is refused."""
     if value is None:

@@ -11,7 +11,6 @@ import re
 from dataclasses import replace
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import model_validator
 
 from providers.base import (
@@ -21,9 +20,9 @@ from providers.base import (
     EmbedBatch,
     EmbedResult,
     bad_response,
-    check_shape,
     check_tokens,
     normalize,
+    vectors_from_rows,
 )
 from providers.http import HttpClient
 from providers.options import DeploymentOptions
@@ -65,20 +64,24 @@ def cohere_input_type(input_type: str | None) -> str:
     return _INPUT_TYPES.get(input_type, input_type)
 
 
-def to_payload(batch: EmbedBatch, truncate: str) -> dict[str, Any]:
+def embed_body(batch: EmbedBatch, truncate: str) -> dict[str, Any]:
+    """The body's fields other than `model`: what Cohere's models take wherever they are served (Bedrock too)."""
     texts = [x for x in batch.inputs if isinstance(x, str)]
     if len(texts) != len(batch.inputs):  # capabilities say text only: the dispatcher decodes token ids
-        raise TypeError("the Cohere provider takes text inputs only")
-    payload: dict[str, Any] = {
-        "model": batch.model,
+        raise TypeError("Cohere models take text inputs only")
+    body: dict[str, Any] = {
         "texts": texts,
         "input_type": cohere_input_type(batch.input_type),
         "embedding_types": ["float"],
         "truncate": truncate,
     }
     if batch.dimensions is not None:
-        payload["output_dimension"] = batch.dimensions
-    return payload
+        body["output_dimension"] = batch.dimensions
+    return body
+
+
+def to_payload(batch: EmbedBatch, truncate: str) -> dict[str, Any]:
+    return {"model": batch.model, **embed_body(batch, truncate)}
 
 
 def billed_tokens(body: Any) -> int | None:
@@ -96,16 +99,7 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
         rows = body["embeddings"]["float"]
     except (KeyError, TypeError) as err:
         raise bad_response("backend answer is not a Cohere embed response with float embeddings") from err
-    if not isinstance(rows, list) or len(rows) != expected:
-        raise bad_response(f"backend returned {len(rows) if isinstance(rows, list) else 0} embeddings "
-                           f"for {expected} inputs")
-    try:
-        raw = np.asarray(rows)  # a ragged list raises; strings, nulls or objects show in the dtype
-    except ValueError as err:
-        raise bad_response("backend answer mixes embedding sizes") from err
-    if raw.ndim != 2 or raw.dtype.kind not in "iuf":
-        raise bad_response("backend embeddings are not lists of numbers")
-    return EmbedResult(vectors=check_shape(raw.astype(np.float32), expected), prompt_tokens=billed_tokens(body))
+    return EmbedResult(vectors=vectors_from_rows(rows, expected), prompt_tokens=billed_tokens(body))
 
 
 class CohereProvider(RemoteProvider):

@@ -8,12 +8,15 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.typedefs import StrOrURL
 
 from providers.base import ErrorKind, ProviderError, finite_seconds
 
 _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: ErrorKind.BAD_REQUEST,
                  422: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 403: ErrorKind.AUTH,
-                 429: ErrorKind.RATE_LIMITED}
+                 429: ErrorKind.RATE_LIMITED,
+                 408: ErrorKind.TIMEOUT,  # the server gave up waiting (Bedrock's ModelTimeoutException)
+                 424: ErrorKind.UNAVAILABLE}  # a dependency behind the server failed (Bedrock's ModelErrorException)
 
 
 def _upstream_message(body: bytes) -> str:
@@ -30,6 +33,11 @@ def _upstream_message(body: bytes) -> str:
             if key in data:
                 return str(data[key])[:500]
     return str(data)[:500]
+
+
+def _error_type(headers: Mapping[str, str]) -> str:
+    """AWS names its errors in `x-amzn-ErrorType` ("ThrottlingException:http://..."): the name, or ""."""
+    return headers.get("x-amzn-ErrorType", "").split(":", 1)[0].strip()
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -66,7 +74,7 @@ class HttpClient:
 
     async def post_json(
         self,
-        url: str,
+        url: StrOrURL,
         payload: Any,
         *,
         headers: Mapping[str, str],
@@ -75,6 +83,8 @@ class HttpClient:
     ) -> Any:
         """POST JSON, return the decoded answer, or raise `ProviderError`.
 
+        `payload` goes as JSON, or as it is when already `bytes` (a signed body must be the bytes signed).
+
         `secrets` are scrubbed from any upstream message we pass on: a vendor may echo
         part of our key back in its error text.
         """
@@ -82,7 +92,7 @@ class HttpClient:
         try:
             async with session.post(
                 url,
-                data=orjson.dumps(payload),
+                data=payload if isinstance(payload, bytes) else orjson.dumps(payload),
                 headers={"Content-Type": "application/json", **headers},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
@@ -107,6 +117,8 @@ class HttpClient:
             # Never relay the vendor's text here: it may quote our (masked) credential.
             return ProviderError(kind, f"backend rejected the gateway's credentials (HTTP {status})")
         message = _upstream_message(body)
+        if name := _error_type(headers):
+            message = f"{name}: {message}"
         for secret in secrets:
             if secret:
                 message = message.replace(secret, "***")

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from providers.azure import AzureOptions, AzureProvider
 from providers.base import Provider
+from providers.bedrock import BedrockOptions, BedrockProvider
 from providers.cohere import CohereOptions, CohereProvider
 from providers.http import HttpClient
 from providers.local import LocalOptions, LocalProvider
@@ -31,6 +32,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "local": ProviderSpec(LocalOptions, LocalProvider),
     "azure": ProviderSpec(AzureOptions, AzureProvider),
     "cohere": ProviderSpec(CohereOptions, CohereProvider),
+    "bedrock": ProviderSpec(BedrockOptions, BedrockProvider),
 }
 
 # What a config's deployment parses into: the right options model, picked by `provider`.
