@@ -24,4 +24,4 @@ def test_example_passes_check_config(path: Path) -> None:
 
 
 def test_the_examples_are_found() -> None:
-    assert {"azure.yaml", "cohere.yaml"} <= {path.name for path in EXAMPLES}
+    assert {"azure.yaml", "bedrock.yaml", "cohere.yaml"} <= {path.name for path in EXAMPLES}
