@@ -21,8 +21,9 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from tests.fakes.cohere import texts_problem
 from tests.fakes.sigv4 import Refusal, verify
-from tests.fakes.vendor import FakeVendor
+from tests.fakes.vendor import FakeVendor, cut_words
 
 REGION = "us-east-1"
 SERVICE = "bedrock"
@@ -34,9 +35,6 @@ MODELS = {"amazon.titan-embed-text-v2:0": "titan-v2", "amazon.titan-embed-text-v
           "cohere.embed-v4:0": "cohere-v4"}
 NATIVE = {"titan-v2": 1024, "titan-v1": 1536, "cohere-v3": 1024, "cohere-v4": 1536}
 TITAN_V2_DIMENSIONS = frozenset({256, 512, 1024})
-COHERE_INPUT_TYPES = frozenset({"search_document", "search_query", "classification", "clustering"})
-COHERE_EMBEDDING_TYPES = frozenset({"float", "int8", "uint8", "binary", "ubinary"})
-MAX_TEXTS = 96
 MAX_COHERE_V3_CHARACTERS = 2048
 _PATH = re.compile(r"^/model/([^/?]+)/invoke$")
 
@@ -136,7 +134,7 @@ class FakeBedrock(FakeVendor):
                                    f"{MAX_COHERE_V3_CHARACTERS}, please reformat your input and try again.")
         rows = []
         for text in body["texts"]:
-            kept = self.truncated(text, body.get("truncate", "NONE"))
+            kept = cut_words(text, self.context, body.get("truncate", "NONE"))
             if kept is None:
                 return self.error(400, f"Malformed input request: a text is longer than {self.context} tokens "
                                        "and truncate is NONE, please reformat your input and try again.")
@@ -150,15 +148,6 @@ class FakeBedrock(FakeVendor):
 
     def row(self, text: str, width: int, unit: bool) -> list[float]:
         return self.vector(text, width) if unit else [v * self.scale for v in self.vector(text, width)]
-
-    def truncated(self, text: str, truncate: str) -> str | None:
-        words = text.split()
-        if len(words) <= self.context:
-            return text
-        if truncate == "NONE":
-            return None
-        keep_head = truncate in ("END", "RIGHT")  # cut the end: keep the start
-        return " ".join(words[:self.context] if keep_head else words[-self.context:])
 
 
 def _fields(body: Any, allowed: frozenset[str]) -> str | None:
@@ -187,22 +176,7 @@ def titan_v1_problem(body: Any) -> str | None:
 
 
 def _cohere_problem(body: Any, allowed: frozenset[str], truncations: frozenset[str]) -> str | None:
-    problem = _fields(body, allowed)
-    if problem is not None:
-        return problem
-    texts = body.get("texts")
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-        return "#/texts: expected a non-empty list of non-empty strings"
-    if len(texts) > MAX_TEXTS:
-        return f"#/texts: expected maxItems: {MAX_TEXTS}, actual: {len(texts)}"
-    if body.get("input_type") not in COHERE_INPUT_TYPES:
-        return f"#/input_type: {body.get('input_type')!r} is not a valid enum value"
-    if body.get("truncate", "NONE") not in truncations:
-        return f"#/truncate: {body['truncate']!r} is not a valid enum value"
-    types = body.get("embedding_types", ["float"])
-    if not isinstance(types, list) or "float" not in types or not set(types) <= COHERE_EMBEDDING_TYPES:
-        return f"#/embedding_types: {types!r} must ask for float"
-    return None
+    return _fields(body, allowed) or texts_problem(body, truncations, ["float"])
 
 
 def cohere_v3_problem(body: Any) -> str | None:

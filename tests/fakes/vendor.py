@@ -120,6 +120,17 @@ class FakeVendor:
         return app
 
 
+def cut_words(text: str, limit: int, truncate: str) -> str | None:
+    """`text` within `limit` words (standing in for a model's token limit) as a vendor's `truncate` does it:
+    None for NONE (refused); END or RIGHT drop the end, START or LEFT the start."""
+    words = text.split()
+    if len(words) <= limit:
+        return text
+    if truncate == "NONE":
+        return None
+    return " ".join(words[:limit] if truncate in ("END", "RIGHT") else words[-limit:])
+
+
 @contextmanager
 def serving(fake: FakeVendor, prefix: str = "") -> Iterator[FakeVendor]:
     """Serve `fake` on a free port for one test; fails the test if the gateway sent it a bad request."""
