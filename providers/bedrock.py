@@ -148,12 +148,11 @@ def cohere_v4_payload(batch: EmbedBatch, options: BedrockOptions) -> dict[str, A
 
 
 def cohere_from_payload(body: Any, expected: int) -> EmbedResult:
-    """`embeddings` by type (what `embedding_types` asks for) or, as a plain list, Embed Floats."""
+    """`embeddings` by type, as `embedding_types` asks (Cohere's own shape), or a plain list (Embed Floats)."""
     embeddings = body.get("embeddings") if isinstance(body, dict) else None
-    rows = embeddings.get("float") if isinstance(embeddings, dict) else embeddings
-    if rows is None:
-        raise bad_response("backend answer is not a Cohere embed response with float embeddings")
-    return EmbedResult(vectors=vectors_from_rows(rows, expected))
+    if isinstance(embeddings, list):
+        return EmbedResult(vectors=vectors_from_rows(embeddings, expected))
+    return cohere.from_payload(body, expected)  # no `meta` on Bedrock: no usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 from datetime import UTC
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -139,6 +139,7 @@ def test_model_id_is_one_encoded_path_segment() -> None:
 
 
 def test_capabilities_per_family() -> None:
+    assert set(bedrock.BODY_FORMATS) == set(get_args(bedrock.BodyFormatName)) >= set(bedrock.FAMILIES.values())
     provider = BedrockProvider(options(), HttpClient())
     titan, g1 = provider.capabilities(TITAN_V2), provider.capabilities("amazon.titan-embed-text-v1")
     v3, v4 = provider.capabilities("cohere.embed-english-v3"), provider.capabilities("cohere.embed-v4:0")
