@@ -113,8 +113,8 @@ def check_shape(vectors: Vectors, expected_rows: int) -> Vectors:
     return vectors
 
 
-def vectors_from_rows(rows: Any, expected: int) -> Vectors:
-    """A JSON list of number lists (one per input, in order) as checked float32 rows."""
+def number_rows(rows: Any, expected: int) -> Vectors:
+    """A vendor's JSON list of number lists as float32 rows; ragged, non-numeric or miscounted answers refused."""
     if not isinstance(rows, list) or len(rows) != expected:
         raise bad_response(f"backend returned {len(rows) if isinstance(rows, list) else 0} embeddings "
                            f"for {expected} inputs")

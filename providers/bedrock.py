@@ -47,7 +47,7 @@ from providers.base import (
     bad_response,
     check_tokens,
     normalize,
-    vectors_from_rows,
+    number_rows,
 )
 from providers.http import HttpClient
 from providers.options import DeploymentOptions
@@ -132,7 +132,7 @@ def titan_v1_payload(batch: EmbedBatch, options: BedrockOptions) -> dict[str, An
 def titan_from_payload(body: Any, expected: int) -> EmbedResult:
     if not isinstance(body, dict) or "embedding" not in body:
         raise bad_response("backend answer is not a Titan embedding")
-    return EmbedResult(vectors=vectors_from_rows([body["embedding"]], expected),
+    return EmbedResult(vectors=number_rows([body["embedding"]], expected),
                        prompt_tokens=check_tokens(body.get("inputTextTokenCount")))
 
 
@@ -151,7 +151,7 @@ def cohere_from_payload(body: Any, expected: int) -> EmbedResult:
     """`embeddings` by type, as `embedding_types` asks (Cohere's own shape), or a plain list (Embed Floats)."""
     embeddings = body.get("embeddings") if isinstance(body, dict) else None
     if isinstance(embeddings, list):
-        return EmbedResult(vectors=vectors_from_rows(embeddings, expected))
+        return EmbedResult(vectors=number_rows(embeddings, expected))
     return cohere.from_payload(body, expected)  # no `meta` on Bedrock: no usage
 
 

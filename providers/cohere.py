@@ -22,7 +22,7 @@ from providers.base import (
     bad_response,
     check_tokens,
     normalize,
-    vectors_from_rows,
+    number_rows,
 )
 from providers.http import HttpClient
 from providers.options import DeploymentOptions
@@ -99,7 +99,7 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
         rows = body["embeddings"]["float"]
     except (KeyError, TypeError) as err:
         raise bad_response("backend answer is not a Cohere embed response with float embeddings") from err
-    return EmbedResult(vectors=vectors_from_rows(rows, expected), prompt_tokens=billed_tokens(body))
+    return EmbedResult(vectors=number_rows(rows, expected), prompt_tokens=billed_tokens(body))
 
 
 class CohereProvider(RemoteProvider):
