@@ -57,20 +57,24 @@ def cohere_input_type(input_type: str | None) -> str:
     return _INPUT_TYPES.get(input_type, input_type)
 
 
-def to_payload(batch: EmbedBatch, truncate: str) -> dict[str, Any]:
+def embed_body(batch: EmbedBatch, truncate: str) -> dict[str, Any]:
+    """The body's fields other than `model`: what Cohere's models take wherever they are served (Bedrock too)."""
     texts = [x for x in batch.inputs if isinstance(x, str)]
     if len(texts) != len(batch.inputs):  # capabilities say text only: the dispatcher decodes token ids
-        raise TypeError("the Cohere provider takes text inputs only")
-    payload: dict[str, Any] = {
-        "model": batch.model,
+        raise TypeError("Cohere models take text inputs only")
+    body: dict[str, Any] = {
         "texts": texts,
         "input_type": cohere_input_type(batch.input_type),
         "embedding_types": ["float"],
         "truncate": truncate,
     }
     if batch.dimensions is not None:
-        payload["output_dimension"] = batch.dimensions
-    return payload
+        body["output_dimension"] = batch.dimensions
+    return body
+
+
+def to_payload(batch: EmbedBatch, truncate: str) -> dict[str, Any]:
+    return {"model": batch.model, **embed_body(batch, truncate)}
 
 
 def billed_tokens(body: Any) -> int | None:

@@ -8,12 +8,15 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.typedefs import StrOrURL
 
 from providers.base import ErrorKind, ProviderError, finite_seconds
 
 _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: ErrorKind.BAD_REQUEST,
                  422: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 403: ErrorKind.AUTH,
-                 429: ErrorKind.RATE_LIMITED}
+                 429: ErrorKind.RATE_LIMITED,
+                 408: ErrorKind.TIMEOUT,  # the server gave up waiting (Bedrock's ModelTimeoutException)
+                 424: ErrorKind.UNAVAILABLE}  # a dependency behind the server failed (Bedrock's ModelErrorException)
 
 
 _UNDECODABLE = object()
@@ -65,6 +68,11 @@ def _retry_after(headers: Mapping[str, str], data: Any) -> float | None:
     return None
 
 
+def _error_type(headers: Mapping[str, str]) -> str:
+    """AWS names its errors in `x-amzn-ErrorType` ("ThrottlingException:http://..."): the name, or ""."""
+    return headers.get("x-amzn-ErrorType", "").split(":", 1)[0].strip()
+
+
 _INPUT_PARAM = re.compile(r"^(?:input|texts|inputs|requests|instances)\[(\d+)\]")
 
 
@@ -91,7 +99,7 @@ class HttpClient:
 
     async def post_json(
         self,
-        url: str,
+        url: StrOrURL,
         payload: Any,
         *,
         headers: Mapping[str, str],
@@ -100,6 +108,8 @@ class HttpClient:
     ) -> Any:
         """POST JSON, return the decoded answer, or raise `ProviderError`.
 
+        `payload` goes as JSON, or as it is when already `bytes` (a signed body must be the bytes signed).
+
         `secrets` are scrubbed from any upstream message we pass on: a vendor may echo
         part of our key back in its error text.
         """
@@ -107,7 +117,7 @@ class HttpClient:
         try:
             async with session.post(
                 url,
-                data=orjson.dumps(payload),
+                data=payload if isinstance(payload, bytes) else orjson.dumps(payload),
                 headers={"Content-Type": "application/json", **headers},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
@@ -135,6 +145,8 @@ class HttpClient:
             # Never relay the vendor's text here: it may quote our (masked) credential.
             return ProviderError(kind, f"backend rejected the gateway's credentials (HTTP {status})")
         message = _upstream_message(body, data)
+        if name := _error_type(headers):
+            message = f"{name}: {message}"
         for secret in secrets:
             if secret:
                 message = message.replace(secret, "***")

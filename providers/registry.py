@@ -13,6 +13,7 @@ from pydantic import Field
 
 from providers.azure import AzureOptions, AzureProvider
 from providers.base import Provider
+from providers.bedrock import BedrockOptions, BedrockProvider
 from providers.cohere import CohereOptions, CohereProvider
 from providers.gemini import GeminiOptions, GeminiProvider
 from providers.http import HttpClient
@@ -35,6 +36,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "cohere": ProviderSpec(CohereOptions, CohereProvider),
     "voyage": ProviderSpec(VoyageOptions, VoyageProvider),
     "gemini": ProviderSpec(GeminiOptions, GeminiProvider),
+    "bedrock": ProviderSpec(BedrockOptions, BedrockProvider),
 }
 
 # What a config's deployment parses into: the right options model, picked by `provider`.

@@ -24,5 +24,5 @@ def test_example_passes_check_config(path: Path) -> None:
 
 
 def test_the_examples_are_found() -> None:
-    assert {"azure.yaml", "cohere.yaml", "voyage.yaml", "gemini.yaml", "openai-compatible.yaml"} <= \
-        {path.name for path in EXAMPLES}
+    assert {"azure.yaml", "bedrock.yaml", "cohere.yaml", "gemini.yaml", "openai-compatible.yaml", "voyage.yaml"} \
+        <= {path.name for path in EXAMPLES}

@@ -11,12 +11,13 @@ unit length. `dims` is the native size: 1536 for an embed-v4 model, so every out
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.vendor import FakeVendor
+from tests.fakes.vendor import FakeVendor, cut_words
 
 MAX_TEXTS = 96
 INPUT_TYPES = frozenset({"search_document", "search_query", "classification", "clustering", "image"})
@@ -28,6 +29,24 @@ FIELDS = frozenset({"model", "texts", "input_type", "embedding_types", "truncate
 def takes_output_dimension(model: str) -> bool:
     match = re.match(r"^embed-v(\d+)", model)
     return match is not None and int(match.group(1)) >= 4
+
+
+def texts_problem(body: dict[str, Any], truncations: Collection[str], embedding_types: Any = None) -> str | None:
+    """What a Cohere model refuses in `texts`, `input_type`, `embedding_types` (`embedding_types`: its default
+    where it may be left out) and `truncate`, wherever it is served (Cohere's API, Bedrock)."""
+    texts = body.get("texts")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        return "texts must be a non-empty list of non-empty strings"
+    if len(texts) > MAX_TEXTS:
+        return f"total number of texts must be at most {MAX_TEXTS} - received {len(texts)}"
+    if body.get("input_type") not in INPUT_TYPES:
+        return f"input_type {body.get('input_type')!r} is not one of {sorted(INPUT_TYPES)}"
+    types = body.get("embedding_types", embedding_types)
+    if not isinstance(types, list) or "float" not in types or not set(types) <= EMBEDDING_TYPES:
+        return f"embedding_types {types!r} must ask for float"
+    if "truncate" in body and body["truncate"] not in truncations:
+        return f"truncate {body['truncate']!r} is not one of {sorted(truncations)}"
+    return None
 
 
 @dataclass
@@ -51,7 +70,7 @@ class FakeCohere(FakeVendor):
             self.problem(problem)
             return self.error(400, f"invalid request: {problem}")
         self.calls.append(body)
-        texts = [self.truncated(text, body.get("truncate", "END")) for text in body["texts"]]
+        texts = [cut_words(text, self.context, body.get("truncate", "END")) for text in body["texts"]]
         if any(text is None for text in texts):
             return self.error(400, f"invalid request: a text is longer than {self.context} tokens "
                                    "and truncate is NONE")
@@ -64,30 +83,14 @@ class FakeCohere(FakeVendor):
             "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
         })
 
-    def truncated(self, text: str, truncate: str) -> str | None:
-        words = text.split()
-        if len(words) <= self.context:
-            return text
-        if truncate == "NONE":
-            return None
-        return " ".join(words[:self.context] if truncate == "END" else words[-self.context:])
-
     @staticmethod
     def body_problem(body: Any) -> str | None:
         """What Cohere would refuse in this body, or None."""
-        problem = FakeVendor.text_list_problem(body, FIELDS, "texts")
+        problem = FakeVendor.text_list_problem(body, FIELDS, "texts") or \
+            texts_problem(body, ("NONE", "START", "END"), embedding_types=None)
         if problem is not None:
             return problem
-        model, texts = body["model"], body["texts"]
-        if len(texts) > MAX_TEXTS:
-            return f"total number of texts must be at most {MAX_TEXTS} - received {len(texts)}"
-        if body.get("input_type") not in INPUT_TYPES:
-            return f"input_type {body.get('input_type')!r} is not one of {sorted(INPUT_TYPES)}"
-        types = body.get("embedding_types")
-        if not isinstance(types, list) or "float" not in types or not set(types) <= EMBEDDING_TYPES:
-            return f"embedding_types {types!r} must ask for float"
-        if body.get("truncate", "END") not in ("NONE", "START", "END"):
-            return f"truncate {body.get('truncate')!r}"
+        model = body["model"]
         dims = body.get("output_dimension")
         if dims is not None and (not takes_output_dimension(model) or dims not in OUTPUT_DIMENSIONS):
             return f"output_dimension {dims!r} is not available for {model}"

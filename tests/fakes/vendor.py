@@ -52,6 +52,10 @@ class FakeVendor:
     def auth_ok(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.api_key}"
 
+    def auth_refusal(self, request: web.Request, body: bytes) -> web.Response | None:
+        """The vendor's answer to credentials it refuses, or None. `body`: what a request signature covers."""
+        return None if self.auth_ok(request) else self.auth_refused()
+
     def error_body(self, status: int, message: str) -> Any:
         return {"message": message}
 
@@ -66,11 +70,14 @@ class FakeVendor:
     def texts_seen(self) -> list[str]:
         return [text for call in self.calls for text in self.texts_of(call)]
 
+    def error_headers(self, status: int) -> dict[str, str]:
+        return {}
+
     # -- scripting -----------------------------------------------------------------------------
 
     def fail_next(self, status: int, times: int = 1, body: Any = None, headers: dict[str, str] | None = None) -> None:
         payload = body if body is not None else self.error_body(status, f"scripted failure {status}")
-        self._script.extend([Scripted(status, payload, dict(headers or {}))] * times)
+        self._script.extend([Scripted(status, payload, {**self.error_headers(status), **(headers or {})})] * times)
 
     def reset_next(self, times: int = 1) -> None:
         self._script.extend([Scripted(0, None, reset=True)] * times)
@@ -81,19 +88,23 @@ class FakeVendor:
         self.problems.append(text)
 
     def error(self, status: int, message: str) -> web.Response:
-        return web.json_response(self.error_body(status, message), status=status)
+        return web.json_response(self.error_body(status, message), status=status, headers=self.error_headers(status))
 
     async def checked(self, request: web.Request) -> tuple[Any, web.StreamResponse | None]:
         """The decoded JSON body, or the response to send instead (auth failure, scripted failure)."""
         self.received += 1
-        if not self.auth_ok(request):
+        raw = await request.read()
+        refusal = self.auth_refusal(request, raw)
+        if refusal is not None:
             self.problem(f"bad or missing credentials on {request.path}")
             return None, self.auth_refused()
+
+            return None, refusal
         if request.content_type != "application/json":
             self.problem(f"content type {request.content_type}")
             return None, self.error(415, "bad content type")
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             self.problem("invalid JSON")
             return None, self.error(400, "invalid JSON")
@@ -136,6 +147,17 @@ class FakeVendor:
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         return app
+
+
+def cut_words(text: str, limit: int, truncate: str) -> str | None:
+    """`text` within `limit` words (standing in for a model's token limit) as a vendor's `truncate` does it:
+    None for NONE (refused); END or RIGHT drop the end, START or LEFT the start."""
+    words = text.split()
+    if len(words) <= limit:
+        return text
+    if truncate == "NONE":
+        return None
+    return " ".join(words[:limit] if truncate in ("END", "RIGHT") else words[-limit:])
 
 
 @contextmanager

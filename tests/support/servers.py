@@ -17,7 +17,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,3 +120,16 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@contextmanager
+def gateway_process(config: dict[str, Any], directory: Path, env: dict[str, str] | None = None,
+                    *args: str) -> Iterator[GatewayProcess]:
+    """`embedgate serve` of `config` (written to `directory`), with `env` added to its environment, until ready."""
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = GatewayProcess(path, env=env, args=args)
+    try:
+        yield process.wait_ready(timeout=90)
+    finally:
+        process.stop()

@@ -189,7 +189,8 @@ async def test_the_overall_deadline_bounds_retries_and_slow_calls() -> None:
     settings = DispatchSettings(deadline=0.2, backoff_base=0.001)
     with pytest.raises(UpstreamTimeout) as exc:
         await Dispatcher(settings).dispatch(target([await deployment("a", slow, settings)]), ["x"], [1])
-    assert "deadline" in exc.value.message and slow.cancelled == 1
+    # Every call that had started was cancelled (on a loaded machine the deadline can pass before one starts).
+    assert "deadline" in exc.value.message and slow.cancelled == len(slow.calls) <= 1
 
 
 @pytest.mark.asyncio
