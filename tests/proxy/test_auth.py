@@ -7,8 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
-from proxy.auth import hash_key
+from proxy.auth import Authenticator, hash_key
+from proxy.errors import RateLimited
+from proxy.quota import Quotas
+from proxy.settings import AuthSettings, StoreSettings
+from proxy.store import Outages, Store
 from tests.conftest import start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, admin, create_key, embed, error_code
@@ -96,3 +101,23 @@ def test_with_no_keys_the_gateway_runs_open_and_says_so(fake_openai: FakeOpenAI,
     finally:
         server.stop()
     assert any("runs OPEN" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_static_key_ids_do_not_depend_on_config_order() -> None:
+    """Issue 11 item 16: two replicas listing the same keys in another order share per-key ids and counters."""
+    keys = [{"key": STATIC_RAW, "team": "ops", "limits": {"rpm": 1}},
+            {"key_sha256": hash_key(STATIC_HASHED), "team": "ops"}]
+    store = Store(StoreSettings(url="memory://"))
+    outages = Outages(Counter("store_errors", "store errors", ["operation"], registry=CollectorRegistry()))
+    replicas = [Authenticator(AuthSettings(keys=order), store, outages) for order in (keys, keys[::-1])]
+    try:
+        ids = [[(await a.authenticate(f"Bearer {k}")).key_id for k in (STATIC_RAW, STATIC_HASHED)]  # type: ignore[union-attr]
+               for a in replicas]
+        assert ids[0] == ids[1] and ids[0][0] != ids[0][1]
+        quotas = Quotas(store, outages)
+        await quotas.charge(await replicas[0].authenticate(f"Bearer {STATIC_RAW}"), None, 1)
+        with pytest.raises(RateLimited):  # the other replica counts against the same per-key counter
+            await quotas.charge(await replicas[1].authenticate(f"Bearer {STATIC_RAW}"), None, 1)
+    finally:
+        await store.aclose()
