@@ -11,8 +11,12 @@ import orjson
 
 from providers.base import ErrorKind, ProviderError, finite_seconds
 
+# What an upstream status means for the client; any other 4xx is the input's fault, any other 5xx an outage.
 _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: ErrorKind.BAD_REQUEST,
                  422: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 403: ErrorKind.AUTH,
+                 402: ErrorKind.BILLING,  # the operator's account must pay; the client can change nothing
+                 408: ErrorKind.TIMEOUT,  # the upstream gave up waiting for our request: retryable
+                 409: ErrorKind.UNAVAILABLE,  # a conflict in the vendor's own state (a deployment being updated)
                  429: ErrorKind.RATE_LIMITED}
 
 

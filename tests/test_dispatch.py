@@ -263,3 +263,15 @@ def test_token_ids_reach_only_models_that_read_cl100k(fake_openai: FakeOpenAI) -
         for model in ("small", "bge", "bge-ids"):
             embed_ok(gw.url, [ids], model=model)
     assert [r.inputs for r in fake_openai.received] == [[ids], ["hello world"], [ids]]
+
+
+@pytest.mark.parametrize(("status", "answer", "code", "calls"), [
+    (402, 502, "upstream_payment_required", 1), (408, 504, "upstream_timeout", 2), (409, 502, "upstream_unavailable", 2)])
+def test_upstream_402_408_409_are_not_the_clients_fault(fake_openai: FakeOpenAI, status: int, answer: int, code: str,
+                                                        calls: int) -> None:
+    """Issue 11 item 12: billing is the operator's problem (not retried); a timeout or conflict is retried."""
+    fake_openai.fail_next(status, 5)
+    with running_gateway(config(deployment(fake_openai, "only"), dispatch={"max_attempts": 2})) as gw:
+        reply = embed(gw.url, None, model="multi", input="not my fault")
+    assert (reply.status_code, reply.json()["error"]["code"]) == (answer, code), reply.text
+    assert 5 - len(fake_openai._failures) == calls
