@@ -266,7 +266,9 @@ def test_token_ids_reach_only_models_that_read_cl100k(fake_openai: FakeOpenAI) -
 
 
 @pytest.mark.parametrize(("status", "answer", "code", "calls"), [
-    (402, 502, "upstream_payment_required", 1), (408, 504, "upstream_timeout", 2), (409, 502, "upstream_unavailable", 2)])
+    (402, 502, "upstream_payment_required", 1),
+    (408, 504, "upstream_timeout", 2),
+    (409, 502, "upstream_unavailable", 2)])
 def test_upstream_402_408_409_are_not_the_clients_fault(fake_openai: FakeOpenAI, status: int, answer: int, code: str,
                                                         calls: int) -> None:
     """Issue 11 item 12: billing is the operator's problem (not retried); a timeout or conflict is retried."""
