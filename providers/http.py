@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -20,20 +20,41 @@ _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: Er
                  429: ErrorKind.RATE_LIMITED}
 
 
-def _upstream_message(body: bytes) -> str:
-    """Pull a human message out of an error body of any common shape."""
+# Shorter header values ("1", "v2") are no secret, and scrubbing them would garble every message.
+MIN_SCRUBBED = 4
+
+
+def secrets_of(credential: str, header_values: Iterable[str]) -> tuple[str, ...]:
+    """What to scrub from upstream text: the credential, every configured header value, and the last word of
+    one (a vendor may echo the token of `Bearer <token>` alone); longest first, so a secret that contains
+    another is scrubbed whole."""
+    found = {credential} if credential else set()
+    for value in header_values:
+        found.update(part for part in (value, *value.split()[-1:]) if len(part) >= MIN_SCRUBBED)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _upstream_message(body: bytes, secrets: tuple[str, ...]) -> str:
+    """Pull a human message out of an error body of any common shape, secrets scrubbed BEFORE it is cut
+    short: a secret cut in two by the truncation would no longer match, and its head would leak."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
+        return scrub(body.decode("utf-8", "replace"), secrets)[:200]
+    message: Any = data
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict):
-            return str(err.get("message") or err.get("detail") or err)[:500]
-        for key in ("message", "detail", "error"):
-            if key in data:
-                return str(data[key])[:500]
-    return str(data)[:500]
+            message = err.get("message") or err.get("detail") or err
+        else:
+            message = next((data[key] for key in ("message", "detail", "error") if key in data), data)
+    return scrub(str(message), secrets)[:500]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -89,8 +110,15 @@ class HttpClient:
                 data=orjson.dumps(payload),
                 headers={"Content-Type": "application/json", **headers},
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                # Never followed: aiohttp would forward our custom headers (an api-key among them) to
+                # whatever origin the Location names.
+                allow_redirects=False,
             ) as resp:
                 body = await resp.read()
+                if 300 <= resp.status < 400:
+                    raise ProviderError(ErrorKind.BAD_RESPONSE, f"backend answered HTTP {resp.status}, a redirect; "
+                                        "the gateway follows none, so its credentials never reach another "
+                                        "origin: set api_base to the final URL")
                 if resp.status >= 400:
                     raise self._status_error(resp.status, body, resp.headers, secrets)
         except TimeoutError as err:
@@ -110,10 +138,7 @@ class HttpClient:
         if kind is ErrorKind.AUTH:
             # Never relay the vendor's text here: it may quote our (masked) credential.
             return ProviderError(kind, f"backend rejected the gateway's credentials (HTTP {status})")
-        message = _upstream_message(body)
-        for secret in secrets:
-            if secret:
-                message = message.replace(secret, "***")
+        message = _upstream_message(body, secrets)
         return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers),
                              input_index=_blamed_input(body) if kind is ErrorKind.BAD_REQUEST else None)
 

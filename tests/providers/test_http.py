@@ -6,7 +6,7 @@ import pytest
 
 from providers.base import RETRYABLE, ErrorKind
 from proxy.dispatch.errors import to_gateway_error
-from tests.support.vendor_shapes import vendor_error
+from tests.support.vendor_shapes import vendor_error, vendor_error_text
 
 
 @pytest.mark.parametrize(("status", "kind", "client_status", "code"), [
@@ -24,3 +24,16 @@ def test_upstream_statuses_map_to_what_they_mean(status: int, kind: ErrorKind, c
     assert (kind in RETRYABLE) == (status in (408, 409, 429, 503))
     gateway = to_gateway_error(error)
     assert (gateway.status, gateway.code) == (client_status, code)
+
+
+SECRET = "sk-upstream-secret-key-1234"
+
+
+@pytest.mark.parametrize("shape", ["json", "text"])
+def test_a_secret_cut_by_the_truncation_never_leaks(shape: str) -> None:
+    """Issue 11 item 11: scrubbed before truncating, so no fragment of a secret survives at the cut."""
+    for cut in range(2, len(SECRET)):  # the message is cut somewhere inside the secret
+        text = "x" * (500 - cut if shape == "json" else 200 - cut) + SECRET + " and more"
+        body: object = {"error": {"message": text}} if shape == "json" else None
+        error = vendor_error(400, body, secret=SECRET) if body else vendor_error_text(400, text, SECRET)
+        assert SECRET[:cut] not in error.message, cut
