@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from proxy.auth import Principal
 from proxy.errors import GatewayError, QuotaExceeded, RateLimited, ServiceUnavailable
@@ -75,18 +76,44 @@ def format_reset(ms: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _headers(reply: list[Any]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, (limit, remaining, reset) in (("requests", reply[6:9]), ("tokens", reply[9:12])):
-        if int(limit) >= 0:
-            headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
-            headers[f"x-ratelimit-remaining-{name}"] = str(int(remaining))
-            headers[f"x-ratelimit-reset-{name}"] = format_reset(int(reset))
-    return headers
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Verdict(NamedTuple):
+    """quota.lua's reply, decoded once by name: the script returns name/value pairs. -1 or '' where
+    there is nothing to report."""
+
+    ok: int
+    charged_at: int  # Redis TIME seconds of the charge
+    failed_level: str  # the level and limit that refused the request, the most distant wait among them
+    failed_kind: str
+    failed_limit: int
+    retry_after_ms: int
+    req_limit: int  # the most restrictive request limit: the one with the least left
+    req_remaining: int
+    req_reset_ms: int
+    tok_limit: int  # the same for tokens
+    tok_remaining: int
+    tok_reset_ms: int
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> Verdict:
+        named = {_text(name): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
+        return cls._make(_text(named[field]) if field in _TEXT_FIELDS else int(named[field]) for field in cls._fields)
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, limit, remaining, reset in (("requests", self.req_limit, self.req_remaining, self.req_reset_ms),
+                                              ("tokens", self.tok_limit, self.tok_remaining, self.tok_reset_ms)):
+            if limit >= 0:
+                headers[f"x-ratelimit-limit-{name}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{name}"] = str(remaining)
+                headers[f"x-ratelimit-reset-{name}"] = format_reset(reset)
+        return headers
+
+
+_TEXT_FIELDS = frozenset({"failed_level", "failed_kind"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +131,11 @@ NOTHING = Charge()
 
 
 class Quotas:
-    def __init__(self, store: Store, outages: Outages) -> None:
+    def __init__(self, store: Store, outages: Outages, clock: Callable[[], int] | None = None) -> None:
+        """`clock` (epoch milliseconds) is for tests only: in service the scripts read Redis TIME."""
         self._store = store
         self._outages = outages
+        self._clock = clock
         self._deny_on_error = store.settings.on_error == "deny"
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
@@ -141,9 +170,10 @@ class Quotas:
         keys = quota_keys(self._store, principal.team, principal.key_id, user)
         limits = principal.limits.model_dump()
         args = [tokens, int(commit), int(user is not None),
-                *(NO_LIMIT if limits[kind] is None else limits[kind] for kind in KINDS)]
+                *(NO_LIMIT if limits[kind] is None else limits[kind] for kind in KINDS),
+                *(() if self._clock is None else (self._clock(),))]
         try:
-            reply = await self._charge(keys=keys, args=args)
+            verdict = Verdict.decode(await self._charge(keys=keys, args=args))
         except STORE_ERRORS as err:
             self._outages.failed("quota", err)
             if self._deny_on_error:
@@ -151,19 +181,19 @@ class Quotas:
                                          "(store.on_error: deny).") from err
             return NOTHING
         self._outages.succeeded()
-        headers = _headers(reply)
-        if commit and int(reply[0]) != 1:
-            raise _rejection(principal, user, reply, headers)
-        return Charge(tuple(keys), tokens, user is not None, int(reply[1]) if commit else None, headers)
+        headers = verdict.headers()
+        if commit and verdict.ok != 1:
+            raise _rejection(principal, user, verdict, headers)
+        return Charge(tuple(keys), tokens, user is not None, verdict.charged_at if commit else None, headers)
 
 
-def _rejection(principal: Principal, user: str | None, reply: list[Any], headers: dict[str, str]) -> GatewayError:
-    level, kind, limit, wait_ms = _text(reply[2]), _text(reply[3]), int(reply[4]), int(reply[5])
+def _rejection(principal: Principal, user: str | None, verdict: Verdict, headers: dict[str, str]) -> GatewayError:
+    kind, limit, wait_ms = verdict.failed_kind, verdict.failed_limit, verdict.retry_after_ms
     where = {
         "key": f"API key {principal.key_id}",
         "team": f"team '{principal.team}'",
         "user": f"user '{user}' of team '{principal.team}'",
-    }[level]
+    }[verdict.failed_level]
     retry = {**headers, "Retry-After": str(max(1, math.ceil(wait_ms / 1000)))}
     if kind in ("rpm", "tpm"):
         return RateLimited(f"Rate limit reached for {_DESCRIBE[kind]} on {where}: limit {limit}. "

@@ -1,10 +1,12 @@
 -- Check and charge one request at every level at once; all or nothing.
 -- ARGV: tokens, commit (1 charge, 0 only report), has_user (1/0),
---       key limits rpm, tpm, tokens_per_day, tokens_per_month (-1 = none).
+--       key limits rpm, tpm, tokens_per_day, tokens_per_month (-1 = none),
+--       and, from tests only, the time in epoch ms (otherwise Redis TIME: one clock for every replica).
 -- Team limits and per-user default limits come from the team config hash KEYS[1]:
 --   fields team.rpm ... team.tokens_per_month, user.rpm ... user.tokens_per_month.
--- Returns {ok, charged_at, failed_level, failed_limit, limit, retry_after_ms,
---          req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
+-- Returns name/value pairs (decoded by name in quota.py, never by position):
+--   ok, charged_at, failed_level, failed_kind, failed_limit, retry_after_ms,
+--   req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms
 -- with -1 (or '') where there is nothing to report.
 
 local tokens = tonumber(ARGV[1])
@@ -12,9 +14,14 @@ local commit = ARGV[2] == '1'
 local has_user = ARGV[3] == '1'
 local KINDS = {'rpm', 'tpm', 'tokens_per_day', 'tokens_per_month'}
 
-local time = redis.call('TIME')
-local now = tonumber(time[1])
-local now_ms = now * 1000 + floor(tonumber(time[2]) / 1000)
+local now_ms
+if ARGV[8] then
+  now_ms = tonumber(ARGV[8])
+else
+  local time = redis.call('TIME')
+  now_ms = tonumber(time[1]) * 1000 + floor(tonumber(time[2]) / 1000)
+end
+local now = floor(now_ms / 1000)
 local day, day_end, month, month_end = periods(now)
 
 local conf = {}
@@ -114,5 +121,7 @@ for _, s in ipairs(seen) do
 end
 
 local f = fail or {'', '', -1, -1}
-return {charged and 1 or 0, charged and now or -1, f[1], f[2], f[3], f[4],
-        req[1], req[2], req[3], tok[1], tok[2], tok[3]}
+return {'ok', charged and 1 or 0, 'charged_at', charged and now or -1,
+        'failed_level', f[1], 'failed_kind', f[2], 'failed_limit', f[3], 'retry_after_ms', f[4],
+        'req_limit', req[1], 'req_remaining', req[2], 'req_reset_ms', req[3],
+        'tok_limit', tok[1], 'tok_remaining', tok[2], 'tok_reset_ms', tok[3]}
