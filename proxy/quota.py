@@ -1,9 +1,11 @@
 """Quotas at key, team and user level, checked and charged by one atomic Lua call per request.
 
 The scripts (proxy/lua/) take time from Redis `TIME`, so every replica sees one clock.
-rpm/tpm are sliding 60-second windows of one-second buckets; tokens_per_day/month are
-UTC calendar periods. A rejected request charges nothing at any level; a refund gives
-back exactly the buckets a charge filled, never driving one below zero.
+rpm/tpm are sliding 60-second windows of one-second buckets, each counted until all it holds is
+60 s old, so no 60 s span admits more than the limit; tokens_per_day/month are UTC calendar
+periods. A rejected request charges nothing at any level (a request larger than a token limit
+itself is a 400, not a 429); a refund gives back exactly the buckets a charge filled, never
+driving one below zero.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from importlib import resources
 from typing import Any, Literal, NamedTuple
 
 from proxy.auth import Principal
-from proxy.errors import GatewayError, QuotaExceeded, RateLimited, ServiceUnavailable
+from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited, ServiceUnavailable
 from proxy.settings import Limits
 from proxy.store import STORE_ERRORS, Outages, Store
 
@@ -96,6 +98,9 @@ class Verdict(NamedTuple):
     tok_limit: int  # the same for tokens
     tok_remaining: int
     tok_reset_ms: int
+    too_big_level: str  # a token limit smaller than the request itself, which no wait can help
+    too_big_kind: str
+    too_big_limit: int
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Verdict:
@@ -113,7 +118,7 @@ class Verdict(NamedTuple):
         return headers
 
 
-_TEXT_FIELDS = frozenset({"failed_level", "failed_kind"})
+_TEXT_FIELDS = frozenset({"failed_level", "failed_kind", "too_big_level", "too_big_kind"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +188,24 @@ class Quotas:
         self._outages.succeeded()
         headers = verdict.headers()
         if commit and verdict.ok != 1:
-            raise _rejection(principal, user, verdict, headers)
+            raise _rejection(principal, user, tokens, verdict, headers)
         return Charge(tuple(keys), tokens, user is not None, verdict.charged_at if commit else None, headers)
 
 
-def _rejection(principal: Principal, user: str | None, verdict: Verdict, headers: dict[str, str]) -> GatewayError:
+def _where(level: str, principal: Principal, user: str | None, key: str) -> str:
+    return {"key": key, "team": f"team '{principal.team}'", "user": f"user '{user}' of team '{principal.team}'"}[level]
+
+
+def _rejection(principal: Principal, user: str | None, tokens: int, verdict: Verdict,
+               headers: dict[str, str]) -> GatewayError:
+    if verdict.too_big_level:  # a 429 would send the client back, with a Retry-After, for something that never fits
+        where = _where(verdict.too_big_level, principal, user, "this API key")
+        return InvalidRequest(f"This request's {tokens} tokens exceed the {_DESCRIBE[verdict.too_big_kind]} limit of "
+                              f"{verdict.too_big_limit} on {where}, so it can never be admitted: send fewer or "
+                              "shorter inputs per request.", param="input", code="request_exceeds_limit",
+                              headers=headers)
     kind, limit, wait_ms = verdict.failed_kind, verdict.failed_limit, verdict.retry_after_ms
-    where = {
-        "key": f"API key {principal.key_id}",
-        "team": f"team '{principal.team}'",
-        "user": f"user '{user}' of team '{principal.team}'",
-    }[verdict.failed_level]
+    where = _where(verdict.failed_level, principal, user, f"API key {principal.key_id}")
     retry = {**headers, "Retry-After": str(max(1, math.ceil(wait_ms / 1000)))}
     if kind in ("rpm", "tpm"):
         return RateLimited(f"Rate limit reached for {_DESCRIBE[kind]} on {where}: limit {limit}. "
