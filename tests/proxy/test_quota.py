@@ -197,6 +197,12 @@ class Clock:
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a second (and minute) boundary
 
 
+def clocked(s: Services) -> tuple[Quotas, Clock]:
+    """The services' quotas, but on a clock the test moves."""
+    clock = Clock(BASE_MS)
+    return Quotas(s.store, Outages(s.errors), clock=clock), clock
+
+
 async def admitted_at(quotas: Quotas, clock: Clock, principal: Principal, times_ms: list[int],
                       tokens: list[int]) -> list[tuple[int, int]]:
     """Charge one request at each time; the (time, tokens) of those admitted."""
@@ -219,8 +225,7 @@ def most_in_any_minute(admitted: list[tuple[int, int]], weight: Callable[[int], 
 def test_a_minute_window_holds_across_a_bucket_boundary(store_settings: StoreSettings) -> None:
     """Issue 11 item 14: rpm spent at 0.999 s is not given again at 60.0 s (59.001 s later)."""
     async def body(s: Services) -> None:
-        clock = Clock(BASE_MS)
-        quotas = Quotas(s.store, Outages(s.errors), clock=clock)
+        quotas, clock = clocked(s)
         principal = key(rpm=5, key_id="boundary")
         assert len(await admitted_at(quotas, clock, principal, [BASE_MS + 999] * 5, [1] * 5)) == 5
         clock.ms = BASE_MS + 60_000
@@ -242,8 +247,7 @@ def test_no_minute_ever_admits_more_than_the_limit(store_settings: StoreSettings
     limit = 12 if kind == "rpm" else 150
 
     async def body(s: Services) -> None:
-        clock = Clock(BASE_MS)
-        quotas = Quotas(s.store, Outages(s.errors), clock=clock)
+        quotas, clock = clocked(s)
         principal = key(rpm=limit, key_id="spread") if kind == "rpm" else key(tpm=limit, key_id="spread")
         admitted = await admitted_at(quotas, clock, principal, times, costs)
         weight: Callable[[int], int] = (lambda _: 1) if kind == "rpm" else (lambda cost: cost)
