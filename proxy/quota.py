@@ -105,7 +105,7 @@ class Verdict(NamedTuple):
     @classmethod
     def decode(cls, reply: list[Any]) -> Verdict:
         named = {_text(name): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
-        return cls._make(_text(named[field]) if field in _TEXT_FIELDS else int(named[field]) for field in cls._fields)
+        return cls._make(_text(named[name]) if name in _TEXT_FIELDS else int(named[name]) for name in cls._fields)
 
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
