@@ -57,6 +57,7 @@ class Capabilities:
 class ErrorKind(enum.Enum):
     BAD_REQUEST = "bad_request"  # the backend refused this input; the client can fix it
     AUTH = "auth"  # the backend refused our credentials; an operator must fix it
+    BILLING = "billing"  # the backend wants payment (HTTP 402): the operator's account, not the client's input
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"  # our own queue to the backend is full
     UNAVAILABLE = "unavailable"  # connection failure or 5xx

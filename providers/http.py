@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -12,11 +12,34 @@ from aiohttp.typedefs import StrOrURL
 
 from providers.base import ErrorKind, ProviderError, finite_seconds
 
+# What an upstream status means for the client; any other 4xx is the input's fault, any other 5xx an outage.
 _STATUS_KINDS = {400: ErrorKind.BAD_REQUEST, 404: ErrorKind.BAD_REQUEST, 413: ErrorKind.BAD_REQUEST,
                  422: ErrorKind.BAD_REQUEST, 401: ErrorKind.AUTH, 403: ErrorKind.AUTH,
-                 429: ErrorKind.RATE_LIMITED,
-                 408: ErrorKind.TIMEOUT,  # the server gave up waiting (Bedrock's ModelTimeoutException)
-                 424: ErrorKind.UNAVAILABLE}  # a dependency behind the server failed (Bedrock's ModelErrorException)
+                 402: ErrorKind.BILLING,  # the operator's account must pay; the client can change nothing
+                 408: ErrorKind.TIMEOUT,  # the upstream gave up waiting (Bedrock's ModelTimeoutException): retryable
+                 409: ErrorKind.UNAVAILABLE,  # a conflict in the vendor's own state (a deployment being updated)
+                 424: ErrorKind.UNAVAILABLE,  # a dependency behind the server failed (Bedrock's ModelErrorException)
+                 429: ErrorKind.RATE_LIMITED}
+
+
+# Shorter header values ("1", "v2") are no secret, and scrubbing them would garble every message.
+MIN_SCRUBBED = 4
+
+
+def secrets_of(credential: str, header_values: Iterable[str]) -> tuple[str, ...]:
+    """What to scrub from upstream text: the credential, every configured header value, and the last word of
+    one (a vendor may echo the token of `Bearer <token>` alone); longest first, so a secret that contains
+    another is scrubbed whole."""
+    found = {credential} if credential else set()
+    for value in header_values:
+        found.update(part for part in (value, *value.split()[-1:]) if len(part) >= MIN_SCRUBBED)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 _UNDECODABLE = object()
@@ -29,19 +52,20 @@ def _decoded(body: bytes) -> Any:
         return _UNDECODABLE
 
 
-def _upstream_message(body: bytes, data: Any) -> str:
-    """Pull a human message out of an error body of any common shape: OpenAI's and Google's
-    `{"error": {"message"}}`, Cohere's `{"message"}`, Voyage's `{"detail"}`."""
+def _upstream_message(body: bytes, data: Any, secrets: tuple[str, ...]) -> str:
+    """Pull a human message out of an error body of any common shape (OpenAI's and Google's
+    `{"error": {"message"}}`, Cohere's `{"message"}`, Voyage's `{"detail"}`), secrets scrubbed BEFORE it is
+    cut short: a secret cut in two by the truncation would no longer match, and its head would leak."""
     if data is _UNDECODABLE:
-        return body[:200].decode("utf-8", "replace")
+        return scrub(body.decode("utf-8", "replace"), secrets)[:200]
+    message: Any = data
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict):
-            return str(err.get("message") or err.get("detail") or err)[:500]
-        for key in ("message", "detail", "error"):
-            if key in data:
-                return str(data[key])[:500]
-    return str(data)[:500]
+            message = err.get("message") or err.get("detail") or err
+        else:
+            message = next((data[key] for key in ("message", "detail", "error") if key in data), data)
+    return scrub(str(message), secrets)[:500]
 
 
 def _google_details(data: Any) -> list[dict[str, Any]]:
@@ -120,8 +144,15 @@ class HttpClient:
                 data=payload if isinstance(payload, bytes) else orjson.dumps(payload),
                 headers={"Content-Type": "application/json", **headers},
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                # Never followed: aiohttp would forward our custom headers (an api-key among them) to
+                # whatever origin the Location names.
+                allow_redirects=False,
             ) as resp:
                 body = await resp.read()
+                if 300 <= resp.status < 400:
+                    raise ProviderError(ErrorKind.BAD_RESPONSE, f"backend answered HTTP {resp.status}, a redirect; "
+                                        "the gateway follows none, so its credentials never reach another "
+                                        "origin: set api_base to the final URL")
                 if resp.status >= 400:
                     raise self._status_error(resp.status, body, resp.headers, secrets)
         except TimeoutError as err:
@@ -144,12 +175,9 @@ class HttpClient:
         if kind is ErrorKind.AUTH:
             # Never relay the vendor's text here: it may quote our (masked) credential.
             return ProviderError(kind, f"backend rejected the gateway's credentials (HTTP {status})")
-        message = _upstream_message(body, data)
+        message = _upstream_message(body, data, secrets)
         if name := _error_type(headers):
             message = f"{name}: {message}"
-        for secret in secrets:
-            if secret:
-                message = message.replace(secret, "***")
         return ProviderError(kind, f"backend HTTP {status}: {message}", retry_after=_retry_after(headers, data),
                              input_index=_blamed_input(data) if kind is ErrorKind.BAD_REQUEST else None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.http import HttpClient
+from providers.http import HttpClient, secrets_of
 from providers.options import DeploymentOptions
 from providers.tokenizers import Tokenizer
 
@@ -17,7 +17,7 @@ class RemoteProvider:
         self.options = options
         self._http = http
         self._headers = {**options.headers, **(auth or {})}
-        self._secrets = tuple(v for v in (options.secret(), *(auth or {}).values()) if v)
+        self._secrets = secrets_of(options.secret(), self._headers.values())
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -27,8 +27,12 @@ class RemoteProvider:
         return batch_model
 
     async def post(self, url: str, payload: Any, headers: Mapping[str, str] | None = None) -> Any:
+        """POST with the configured headers plus `headers` (a per-call signature, say): every value of both
+        is scrubbed from any upstream text passed on."""
+        secrets = secrets_of(self.options.secret(), [*self._headers.values(), *headers.values()]) if headers \
+            else self._secrets
         return await self._http.post_json(url, payload, headers={**self._headers, **(headers or {})},
-                                          timeout=self.options.timeout, secrets=self._secrets)
+                                          timeout=self.options.timeout, secrets=secrets)
 
     async def start(self) -> None:
         return None

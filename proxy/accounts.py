@@ -14,17 +14,19 @@ import re
 import secrets
 import time
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.auth import KeyRecord, hash_key, new_secret, record_key, redact
-from proxy.errors import NotFound
+from proxy.errors import Conflict, NotFound
 from proxy.quota import limits_fields, limits_from_fields, team_conf_key
 from proxy.settings import TEAM_PATTERN, Limits
 from proxy.store import Store
 
 _TEAM = re.compile(TEAM_PATTERN)
+PATCH_TRIES = 5  # reads and conditional writes of one PATCH racing others before it answers 409
 
 
 def _epoch(value: datetime | None) -> int | None:
@@ -70,10 +72,15 @@ def check_team(team: str) -> str:
     return team
 
 
+def _no_key(key_id: str) -> NotFound:
+    return NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
+
+
 class Accounts:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._client = store.client
+        self._swap = store.client.register_script((resources.files("proxy") / "lua" / "swap_record.lua").read_text())
 
     def _id_key(self, key_id: str) -> str:
         return self._store.key("keyid", key_id)
@@ -100,13 +107,18 @@ class Accounts:
         await pipe.execute()
         return record, secret
 
-    async def _load(self, key_id: str) -> tuple[str, KeyRecord]:
-        """The key's sha256 and its record, or 404."""
+    async def _read(self, key_id: str) -> tuple[str, bytes]:
+        """The key's sha256 and its record as stored, or 404."""
         digest = await self._client.get(self._id_key(key_id))
         raw = None if digest is None else await self._client.get(record_key(self._store, digest.decode()))
         if digest is None or raw is None:
-            raise NotFound(f"No API key with id {key_id!r}.", code="key_not_found")
-        return digest.decode(), KeyRecord.model_validate_json(raw)
+            raise _no_key(key_id)
+        return digest.decode(), raw
+
+    async def _load(self, key_id: str) -> tuple[str, KeyRecord]:
+        """The key's sha256 and its record, or 404."""
+        digest, raw = await self._read(key_id)
+        return digest, KeyRecord.model_validate_json(raw)
 
     async def get_key(self, key_id: str) -> KeyRecord:
         return (await self._load(key_id))[1]
@@ -123,15 +135,24 @@ class Accounts:
         return sorted(records, key=lambda r: (r.team, r.created_at, r.id))
 
     async def patch_key(self, key_id: str, body: KeyPatch) -> KeyRecord:
-        digest, record = await self._load(key_id)
+        """Change the given fields, atomically: the record is written only if it is still the one read. A key
+        revoked meanwhile stays revoked (404); after another PATCH won the race, this one is applied on top
+        of it, so neither change is lost (409 only if that keeps happening)."""
         changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
         if "expires_at" in changes:
             changes["expires_at"] = _epoch(body.expires_at)
-        if changes.get("limits", record.limits) is None:
+        if "limits" in changes and changes["limits"] is None:
             changes["limits"] = Limits()
-        updated = record.model_copy(update=changes)
-        await self._client.set(record_key(self._store, digest), updated.model_dump_json())
-        return updated
+        for _ in range(PATCH_TRIES):
+            digest, raw = await self._read(key_id)
+            updated = KeyRecord.model_validate_json(raw).model_copy(update=changes)
+            written = await self._swap(keys=[record_key(self._store, digest)], args=[raw, updated.model_dump_json()])
+            if written == 1:
+                return updated
+            if written == -1:
+                raise _no_key(key_id)
+        raise Conflict(f"API key {key_id!r} kept changing while this change was applied; please retry.",
+                       code="key_conflict")
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
         digest, record = await self._load(key_id)

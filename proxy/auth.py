@@ -33,6 +33,12 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def static_key_id(digest: str) -> str:
+    """A static key's default id, from its hash: the same on every replica and in any config order,
+    so its per-key counters and usage stay one."""
+    return f"static-{digest[:12]}"
+
+
 def redact(secret: str) -> str:
     return f"{secret[:6]}***{secret[-4:]}" if len(secret) > 12 else "***"
 
@@ -111,9 +117,9 @@ class Authenticator:
     def __init__(self, settings: AuthSettings, store: Store, outages: Outages) -> None:
         self._master = settings.master_key.get_secret_value() if settings.master_key else None
         self._static: dict[str, Principal] = {}
-        for index, static in enumerate(settings.keys):
+        for static in settings.keys:
             digest = static.key_sha256 or hash_key(static.key.get_secret_value())  # type: ignore[union-attr]
-            self._static[digest] = Principal.of(static, static.id or f"static-{index}-{digest[:8]}")
+            self._static[digest] = Principal.of(static, static.id or static_key_id(digest))
         self._store = store
         self._outages = outages
         self._ttl = settings.key_cache_ttl

@@ -1,9 +1,11 @@
 """Quotas at key, team and user level, checked and charged by one atomic Lua call per request.
 
 The scripts (proxy/lua/) take time from Redis `TIME`, so every replica sees one clock.
-rpm/tpm are sliding 60-second windows of one-second buckets; tokens_per_day/month are
-UTC calendar periods. A rejected request charges nothing at any level; a refund gives
-back exactly the buckets a charge filled, never driving one below zero.
+rpm/tpm are sliding 60-second windows of one-second buckets, each counted until all it holds is
+60 s old, so no 60 s span admits more than the limit; tokens_per_day/month are UTC calendar
+periods. A rejected request charges nothing at any level (a request larger than a token limit
+itself is a 400, not a 429); a refund gives back exactly the buckets a charge filled, never
+driving one below zero.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from proxy.auth import Principal
-from proxy.errors import GatewayError, QuotaExceeded, RateLimited, ServiceUnavailable
+from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited, ServiceUnavailable
 from proxy.ledger import HASH, WINDOW, Increment, Ledger
 from proxy.settings import Limits
 from proxy.store import STORE_ERRORS, Outages, Store
@@ -99,18 +102,47 @@ def format_reset(ms: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _headers(reply: list[Any]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, (limit, remaining, reset) in (("requests", reply[6:9]), ("tokens", reply[9:12])):
-        if int(limit) >= 0:
-            headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
-            headers[f"x-ratelimit-remaining-{name}"] = str(int(remaining))
-            headers[f"x-ratelimit-reset-{name}"] = format_reset(int(reset))
-    return headers
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Verdict(NamedTuple):
+    """quota.lua's reply, decoded once by name: the script returns name/value pairs. -1 or '' where
+    there is nothing to report."""
+
+    ok: int
+    charged_at: int  # Redis TIME seconds of the charge
+    failed_level: str  # the level and limit that refused the request, the most distant wait among them
+    failed_kind: str
+    failed_limit: int
+    retry_after_ms: int
+    req_limit: int  # the most restrictive request limit: the one with the least left
+    req_remaining: int
+    req_reset_ms: int
+    tok_limit: int  # the same for tokens
+    tok_remaining: int
+    tok_reset_ms: int
+    too_big_level: str  # a token limit smaller than the request itself, which no wait can help
+    too_big_kind: str
+    too_big_limit: int
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> Verdict:
+        named = {_text(name): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
+        return cls._make(_text(named[name]) if name in _TEXT_FIELDS else int(named[name]) for name in cls._fields)
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, limit, remaining, reset in (("requests", self.req_limit, self.req_remaining, self.req_reset_ms),
+                                              ("tokens", self.tok_limit, self.tok_remaining, self.tok_reset_ms)):
+            if limit >= 0:
+                headers[f"x-ratelimit-limit-{name}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{name}"] = str(remaining)
+                headers[f"x-ratelimit-reset-{name}"] = format_reset(reset)
+        return headers
+
+
+_TEXT_FIELDS = frozenset({"failed_level", "failed_kind", "too_big_level", "too_big_kind"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +162,12 @@ NOTHING = Charge()
 
 
 class Quotas:
-    def __init__(self, store: Store, outages: Outages, ledger: Ledger) -> None:
+    def __init__(self, store: Store, outages: Outages, ledger: Ledger, clock: Callable[[], int] | None = None) -> None:
+        """`clock` (epoch milliseconds) is for tests only: in service the scripts read Redis TIME."""
         self._store = store
         self._outages = outages
         self._ledger = ledger
+        self._clock = clock
         self._deny_on_error = store.settings.on_error == "deny"
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
@@ -188,9 +222,10 @@ class Quotas:
         keys = quota_keys(self._store, principal.team, principal.key_id, user)
         limits = principal.limits.model_dump()
         args = [tokens, int(commit), int(user is not None),
-                *(NO_LIMIT if limits[kind] is None else limits[kind] for kind in KINDS)]
+                *(NO_LIMIT if limits[kind] is None else limits[kind] for kind in KINDS),
+                *(() if self._clock is None else (self._clock(),))]
         try:
-            reply = await self._charge(keys=keys, args=args)
+            verdict = Verdict.decode(await self._charge(keys=keys, args=args))
         except STORE_ERRORS as err:
             self._outages.failed("quota", err)
             if self._deny_on_error:
@@ -203,19 +238,26 @@ class Quotas:
             self._ledger.add(principal.team, missed_charge(keys, tokens, now))
             return Charge(tuple(keys), tokens, user is not None, missed_at=now, team=principal.team)
         self._outages.succeeded()
-        headers = _headers(reply)
-        if commit and int(reply[0]) != 1:
-            raise _rejection(principal, user, reply, headers)
-        return Charge(tuple(keys), tokens, user is not None, int(reply[1]) if commit else None, headers)
+        headers = verdict.headers()
+        if commit and verdict.ok != 1:
+            raise _rejection(principal, user, tokens, verdict, headers)
+        return Charge(tuple(keys), tokens, user is not None, verdict.charged_at if commit else None, headers)
 
 
-def _rejection(principal: Principal, user: str | None, reply: list[Any], headers: dict[str, str]) -> GatewayError:
-    level, kind, limit, wait_ms = _text(reply[2]), _text(reply[3]), int(reply[4]), int(reply[5])
-    where = {
-        "key": f"API key {principal.key_id}",
-        "team": f"team '{principal.team}'",
-        "user": f"user '{user}' of team '{principal.team}'",
-    }[level]
+def _where(level: str, principal: Principal, user: str | None, key: str) -> str:
+    return {"key": key, "team": f"team '{principal.team}'", "user": f"user '{user}' of team '{principal.team}'"}[level]
+
+
+def _rejection(principal: Principal, user: str | None, tokens: int, verdict: Verdict,
+               headers: dict[str, str]) -> GatewayError:
+    if verdict.too_big_level:  # a 429 would send the client back, with a Retry-After, for something that never fits
+        where = _where(verdict.too_big_level, principal, user, "this API key")
+        return InvalidRequest(f"This request's {tokens} tokens exceed the {_DESCRIBE[verdict.too_big_kind]} limit of "
+                              f"{verdict.too_big_limit} on {where}, so it can never be admitted: send fewer or "
+                              "shorter inputs per request.", param="input", code="request_exceeds_limit",
+                              headers=headers)
+    kind, limit, wait_ms = verdict.failed_kind, verdict.failed_limit, verdict.retry_after_ms
+    where = _where(verdict.failed_level, principal, user, f"API key {principal.key_id}")
     retry = {**headers, "Retry-After": str(max(1, math.ceil(wait_ms / 1000)))}
     if kind in ("rpm", "tpm"):
         return RateLimited(f"Rate limit reached for {_DESCRIBE[kind]} on {where}: limit {limit}. "

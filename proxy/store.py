@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -79,6 +80,36 @@ def _sentinel_client(url: str, settings: StoreSettings, common: dict[str, Any]) 
                                retry_on_timeout=False)
 
 
+# Query parameters whose values are credentials (password=, sentinel_password=, auth_token=, ...).
+_CREDENTIAL_PARAM = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the userinfo of `rest` (a URL after its `scheme://`) ends: the last `@` that is not inside a
+    `name=value` query. An operator may write a password with `@`, `/`, `?` or `#` unencoded (redis-py
+    itself splits userinfo at the last `@`), so no character but that `@` is trusted to end it."""
+    for at in (i for i in range(len(rest) - 1, -1, -1) if rest[i] == "@"):
+        query = rest.find("?", 0, at)
+        if query < 0 or "=" not in rest[query + 1:at]:
+            return at
+    return -1
+
+
+def redact_url(url: str) -> str:
+    """A store URL fit for a log: userinfo shown as `***`, credential query values as `***`, no fragment."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    at = _userinfo_end(rest)
+    userinfo, rest = ("***@", rest[at + 1:]) if at >= 0 else ("", rest)
+    path, has_query, query = rest.partition("#")[0].partition("?")
+    params = []
+    for param in query.split("&") if has_query else ():
+        name, eq, _ = param.partition("=")
+        params.append(f"{name}=***" if eq and _CREDENTIAL_PARAM.search(name) else param)
+    return f"{scheme}://{userinfo}{path}" + (f"?{'&'.join(params)}" if has_query else "")
+
+
 class Store:
     """The client plus the key prefix every embedgate key carries."""
 
@@ -145,11 +176,7 @@ class Store:
 
     def describe(self) -> str:
         """The URL without credentials, for logs."""
-        url = self.settings.url
-        if "@" in url:
-            scheme, rest = url.split("://", 1)
-            url = f"{scheme}://***@{rest.split('@', 1)[1]}"
-        return url
+        return redact_url(self.settings.url)
 
 
 class _Counter(Protocol):

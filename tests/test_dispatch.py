@@ -17,6 +17,7 @@ import pytest
 from proxy.handlers import GATEWAY
 from tests.conftest import running_gateway, serving_openai
 from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
+from tests.fakes.vendor import other_origin
 from tests.support.admin import MASTER_KEY, create_key, embed
 from tests.support.http import Reply, embed_ok
 from tests.support.http import embed as post_embed
@@ -263,3 +264,46 @@ def test_token_ids_reach_only_models_that_read_cl100k(fake_openai: FakeOpenAI) -
         for model in ("small", "bge", "bge-ids"):
             embed_ok(gw.url, [ids], model=model)
     assert [r.inputs for r in fake_openai.received] == [[ids], ["hello world"], [ids]]
+
+
+@pytest.mark.parametrize(("status", "answer", "code", "calls"), [
+    (402, 502, "upstream_payment_required", 1),
+    (408, 504, "upstream_timeout", 2),
+    (409, 502, "upstream_unavailable", 2)])
+def test_upstream_402_408_409_are_not_the_clients_fault(fake_openai: FakeOpenAI, status: int, answer: int, code: str,
+                                                        calls: int) -> None:
+    """Issue 11 item 12: billing is the operator's problem (not retried); a timeout or conflict is retried."""
+    fake_openai.fail_next(status, 5)
+    with running_gateway(config(deployment(fake_openai, "only"), dispatch={"max_attempts": 2})) as gw:
+        reply = embed(gw.url, None, model="multi", input="not my fault")
+    assert (reply.status_code, reply.json()["error"]["code"]) == (answer, code), reply.text
+    assert 5 - len(fake_openai._failures) == calls
+
+
+TENANT_TOKEN = "tenant-secret-token-5678"  # a custom header's value, as Azure's api-key or a proxy's token
+
+
+def with_tenant_header(fake: FakeOpenAI) -> dict[str, Any]:
+    return config(deployment(fake, "only", headers={"x-tenant-token": TENANT_TOKEN}), dispatch={"max_attempts": 1})
+
+
+def test_configured_header_values_are_scrubbed_from_relayed_errors(fake_openai: FakeOpenAI) -> None:
+    """Issue 11 item 11: every configured header value is a secret, like the api_key."""
+    echo = f"bad request from tenant {TENANT_TOKEN} with key {fake_openai.api_key}"
+    fake_openai.fail_next(400, 1, body={"error": {"message": echo, "param": None}})
+    with running_gateway(with_tenant_header(fake_openai)) as gw:
+        reply = embed(gw.url, None, model="multi", input="hello")
+    assert reply.status_code == 400 and "bad request from tenant ***" in reply.json()["error"]["message"]
+    assert TENANT_TOKEN not in reply.text and fake_openai.api_key not in reply.text
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+def test_an_upstream_redirect_is_not_followed(fake_openai: FakeOpenAI, status: int) -> None:
+    """Issue 11 item 11: following one would send the configured headers to another origin."""
+    with other_origin() as elsewhere:
+        fake_openai.fail_next(status, 1, body={}, headers={"Location": elsewhere.url + "/v1/embeddings"})
+        with running_gateway(with_tenant_header(fake_openai)) as gw:
+            reply = embed(gw.url, None, model="multi", input="hello")
+        assert elsewhere.seen == []
+    assert (reply.status_code, reply.json()["error"]["code"]) == (502, "upstream_bad_response"), reply.text
+    assert "redirect" in reply.json()["error"]["message"]

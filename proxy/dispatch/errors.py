@@ -8,6 +8,7 @@ from proxy.errors import GatewayError, InvalidRequest, ServiceUnavailable, Upstr
 _KIND_TO_ERROR: dict[ErrorKind, tuple[type[GatewayError], str]] = {
     ErrorKind.BAD_REQUEST: (InvalidRequest, "upstream_invalid_request"),
     ErrorKind.AUTH: (UpstreamError, "upstream_auth_failed"),
+    ErrorKind.BILLING: (UpstreamError, "upstream_payment_required"),
     ErrorKind.RATE_LIMITED: (ServiceUnavailable, "upstream_rate_limited"),
     ErrorKind.OVERLOADED: (ServiceUnavailable, "overloaded"),
     ErrorKind.UNAVAILABLE: (UpstreamError, "upstream_unavailable"),

@@ -4,7 +4,7 @@
 -- values per increment: key index (into KEYS), kind, field, amount, extra.
 --   kind 'h': HINCRBY key field amount; extra is a TTL in seconds given to a key that has none.
 --   kind 'w': a rate window (HASH second -> count); extra is the epoch second of the last charge.
---             Still inside the 60 s window, it lands in that second's bucket (or the window's
+--             Still inside the window (quota.lua keeps a bucket until it is WINDOW s old), it lands in that second's bucket (or the window's
 --             oldest live one), so the limit is as spent as if the store had seen it; past it,
 --             the window has moved on and nothing is added.
 -- Returns 1 when applied, 0 when this batch was applied before (a retry after a lost reply).
@@ -19,7 +19,7 @@ for i = 2, #ARGV, 5 do
   if kind == 'h' then
     redis.call('HINCRBY', key, field, amount)
     if redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, extra) end
-  elseif extra > now - WINDOW then
+  elseif extra >= now - WINDOW then
     local sec = extra
     if sec > now then sec = now end
     redis.call('HINCRBY', key, tostring(sec), amount)

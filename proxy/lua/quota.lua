@@ -1,10 +1,13 @@
 -- Check and charge one request at every level at once; all or nothing.
 -- ARGV: tokens, commit (1 charge, 0 only report), has_user (1/0),
---       key limits rpm, tpm, tokens_per_day, tokens_per_month (-1 = none).
+--       key limits rpm, tpm, tokens_per_day, tokens_per_month (-1 = none),
+--       and, from tests only, the time in epoch ms (otherwise Redis TIME: one clock for every replica).
 -- Team limits and per-user default limits come from the team config hash KEYS[1]:
 --   fields team.rpm ... team.tokens_per_month, user.rpm ... user.tokens_per_month.
--- Returns {ok, charged_at, failed_level, failed_limit, limit, retry_after_ms,
---          req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms}
+-- Returns name/value pairs (decoded by name in quota.py, never by position):
+--   ok, charged_at, failed_level, failed_kind, failed_limit, retry_after_ms,
+--   req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms,
+--   too_big_level, too_big_kind, too_big_limit (a token limit smaller than the request itself)
 -- with -1 (or '') where there is nothing to report.
 
 local tokens = tonumber(ARGV[1])
@@ -12,9 +15,14 @@ local commit = ARGV[2] == '1'
 local has_user = ARGV[3] == '1'
 local KINDS = {'rpm', 'tpm', 'tokens_per_day', 'tokens_per_month'}
 
-local time = redis.call('TIME')
-local now = tonumber(time[1])
-local now_ms = now * 1000 + floor(tonumber(time[2]) / 1000)
+local now_ms
+if ARGV[8] then
+  now_ms = tonumber(ARGV[8])
+else
+  local time = redis.call('TIME')
+  now_ms = tonumber(time[1]) * 1000 + floor(tonumber(time[2]) / 1000)
+end
+local now = floor(now_ms / 1000)
 local day, day_end, month, month_end = periods(now)
 
 local conf = {}
@@ -28,7 +36,15 @@ local function limit_of(level, kind, k)
   return value
 end
 
--- Sum a sliding window of one-second buckets, dropping expired ones. Also returns, for
+-- The epoch ms at which one-second bucket `sec` leaves the window. It holds what was charged in
+-- [sec, sec + 1), so it stays counted until the last of that is WINDOW seconds old: no span of
+-- WINDOW seconds ever holds more than the limit. The price of one-second buckets: what a request
+-- used comes back between WINDOW and WINDOW + 1 seconds after it, never sooner.
+local function leaves(sec)
+  return (sec + 1 + WINDOW) * 1000
+end
+
+-- Sum a sliding window of one-second buckets, dropping those that left it. Also returns, for
 -- `need` units to free, the ms until enough buckets have left the window, and the ms
 -- until the oldest live bucket leaves it.
 local function window(key, need)
@@ -36,23 +52,24 @@ local function window(key, need)
   local live, expired, used = {}, {}, 0
   for i = 1, #raw_w, 2 do
     local sec, n = tonumber(raw_w[i]), tonumber(raw_w[i + 1])
-    if sec <= now - WINDOW then expired[#expired + 1] = raw_w[i]
+    if leaves(sec) <= now_ms then expired[#expired + 1] = raw_w[i]
     else live[#live + 1] = {sec, n}; used = used + n end
   end
   if #expired > 0 then redis.call('HDEL', key, unpack(expired)) end
   table.sort(live, function(a, b) return a[1] < b[1] end)
-  local oldest = #live > 0 and ((live[1][1] + WINDOW) * 1000 - now_ms) or 0
-  local wait, freed = WINDOW * 1000, 0
+  local oldest = #live > 0 and (leaves(live[1][1]) - now_ms) or 0
+  local wait, freed = leaves(now) - now_ms, 0
   if need <= 0 then wait = 0 end
   for _, bucket in ipairs(live) do
     if need <= 0 then break end
     freed = freed + bucket[2]
-    if freed >= need then wait = (bucket[1] + WINDOW) * 1000 - now_ms; break end
+    if freed >= need then wait = leaves(bucket[1]) - now_ms; break end
   end
   return used, wait, oldest
 end
 
 local fail = nil
+local too_big = nil  -- a token limit this request exceeds by itself: no wait can ever admit it
 local seen = {}
 
 for _, level in ipairs(levels(has_user)) do
@@ -68,7 +85,6 @@ for _, level in ipairs(levels(has_user)) do
         if used + cost > limit then
           local _
           _, wait, _ = window(key, used + cost - limit)
-          if cost > limit then wait = WINDOW * 1000 end
         end
       else
         local field, ends = day, day_end
@@ -78,6 +94,7 @@ for _, level in ipairs(levels(has_user)) do
         wait = reset
       end
       if used + cost > limit and (fail == nil or wait > fail[4]) then fail = {name, kind, limit, wait} end
+      if kind ~= 'rpm' and cost > limit and too_big == nil then too_big = {name, kind, limit} end
       seen[#seen + 1] = {kind == 'rpm', limit, used, cost, reset, kind == 'rpm' or kind == 'tpm'}
     end
   end
@@ -108,11 +125,15 @@ for _, s in ipairs(seen) do
   local left = s[2] - s[3] - (charged and s[4] or 0)
   if left < 0 then left = 0 end
   local reset = s[5]
-  if charged and s[6] and s[3] == 0 then reset = (now + WINDOW) * 1000 - now_ms end
+  if charged and s[6] and s[3] == 0 then reset = leaves(now) - now_ms end
   local best = s[1] and req or tok
   if best[1] < 0 or left < best[2] then best[1], best[2], best[3] = s[2], left, reset end
 end
 
 local f = fail or {'', '', -1, -1}
-return {charged and 1 or 0, charged and now or -1, f[1], f[2], f[3], f[4],
-        req[1], req[2], req[3], tok[1], tok[2], tok[3]}
+local t = too_big or {'', '', -1}
+return {'ok', charged and 1 or 0, 'charged_at', charged and now or -1,
+        'failed_level', f[1], 'failed_kind', f[2], 'failed_limit', f[3], 'retry_after_ms', f[4],
+        'req_limit', req[1], 'req_remaining', req[2], 'req_reset_ms', req[3],
+        'tok_limit', tok[1], 'tok_remaining', tok[2], 'tok_reset_ms', tok[3],
+        'too_big_level', t[1], 'too_big_kind', t[2], 'too_big_limit', t[3]}

@@ -170,3 +170,32 @@ def serving(fake: FakeVendor, prefix: str = "") -> Iterator[FakeVendor]:
     finally:
         server.stop()
     assert fake.problems == [], f"the gateway sent {type(fake).__name__} bad requests: {fake.problems}"
+
+
+@dataclass
+class OtherOrigin:
+    """A server on another origin that an upstream redirects to: it records the headers of every request
+    that reaches it (a credential among them is a leak) and answers 200 with an empty object."""
+
+    url: str = ""
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+    async def record(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        return web.json_response({})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.record)
+        return app
+
+
+@contextmanager
+def other_origin() -> Iterator[OtherOrigin]:
+    origin = OtherOrigin()
+    server = ThreadedServer(origin.app).start()
+    origin.url = server.url
+    try:
+        yield origin
+    finally:
+        server.stop()

@@ -185,3 +185,23 @@ def test_cache_hits_are_charged_per_cache_charge_hits(fake_openai: FakeOpenAI, c
         assert other.headers["x-ratelimit-remaining-tokens"] == remaining
         usage = admin(gateway.url, "GET", "/admin/usage", params={"key": key["id"]}).json()["total"]
         assert usage == {"requests": 3, "tokens": 30, "cache_hits": 1}
+
+
+def test_a_request_larger_than_a_whole_limit_is_400_not_429(gateway: ThreadedServer) -> None:
+    """Issue 11 item 15: no Retry-After can help a request larger than the limit itself."""
+    created = create_key(gateway.url)
+    steps = [({"tpm": 20}, {}, {}, 3, "tokens per minute (tpm) limit of 20 on this API key"),
+             ({}, {"tokens_per_day": 25}, {}, 3, "tokens per day (tokens_per_day) limit of 25 on team 'search'"),
+             ({}, {}, {"tokens_per_month": 15}, 2,
+              "tokens per month (tokens_per_month) limit of 15 on user 'alice' of team 'search'")]
+    for key_limits, team_limits, user_limits, inputs, named in steps:
+        admin(gateway.url, "PATCH", f"/admin/keys/{created['id']}", json={"limits": key_limits})
+        put_team(gateway.url, "search", limits=team_limits, user_limits=user_limits)
+        refused = embed(gateway.url, created["key"], input=[ten_tokens(i) for i in range(inputs)], user="alice")
+        error = refused.json()["error"]
+        assert (refused.status_code, error["code"], error["param"]) == (400, "request_exceeds_limit", "input"), error
+        assert f"{inputs * 10} tokens exceed the {named}" in error["message"], error["message"]
+        assert created["key"] not in refused.text and created["id"] not in refused.text
+        assert "Retry-After" not in refused.headers
+    fits = embed(gateway.url, created["key"], input=TEN_TOKENS, user="alice")
+    assert fits.status_code == 200 and fits.headers["x-ratelimit-remaining-tokens"] == "5"  # nothing else was charged

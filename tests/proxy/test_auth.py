@@ -8,12 +8,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from proxy.auth import hash_key
+from proxy.auth import Authenticator, hash_key
+from proxy.errors import RateLimited
+from proxy.settings import AuthSettings, StoreSettings
+from proxy.store import Outages
 from tests.conftest import start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, admin, create_key, embed, error_code
 from tests.support.http import raw_request
 from tests.support.servers import ThreadedServer
+from tests.support.services import Services, with_services
 
 STATIC_RAW = "static-raw-key-for-gitops"
 STATIC_HASHED = "static-hashed-key-for-gitops"
@@ -111,3 +115,20 @@ def test_with_no_keys_the_gateway_runs_open_and_says_so(fake_openai: FakeOpenAI,
     finally:
         server.stop()
     assert any("runs OPEN" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_static_key_ids_do_not_depend_on_config_order() -> None:
+    """Issue 11 item 16: two replicas listing the same keys in another order share per-key ids and counters."""
+    keys = [{"key": STATIC_RAW, "team": "ops", "limits": {"rpm": 1}},
+            {"key_sha256": hash_key(STATIC_HASHED), "team": "ops"}]
+
+    async def body(s: Services) -> None:
+        replicas = [Authenticator(AuthSettings(keys=order), s.store, Outages(s.errors)) for order in (keys, keys[::-1])]
+        ids = [[(await a.authenticate(f"Bearer {k}")).key_id for k in (STATIC_RAW, STATIC_HASHED)]  # type: ignore[union-attr]
+               for a in replicas]
+        assert ids[0] == ids[1] and ids[0][0] != ids[0][1]
+        await s.quotas.charge(await replicas[0].authenticate(f"Bearer {STATIC_RAW}"), None, 1)
+        with pytest.raises(RateLimited):  # the other replica counts against the same per-key counter
+            await s.quotas.charge(await replicas[1].authenticate(f"Bearer {STATIC_RAW}"), None, 1)
+    await with_services(StoreSettings(url="memory://"), body)

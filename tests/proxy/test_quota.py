@@ -11,9 +11,10 @@ import pytest
 
 from proxy.accounts import TeamConfig
 from proxy.auth import Principal
-from proxy.errors import GatewayError, QuotaExceeded, RateLimited
-from proxy.quota import COUNTERS, Charge, _script, format_reset, quota_keys
+from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited
+from proxy.quota import COUNTERS, Charge, Quotas, _script, format_reset, quota_keys
 from proxy.settings import Limits, StoreSettings
+from proxy.store import Outages
 from tests.support.services import Services, with_services
 
 TEAM = "search"
@@ -55,7 +56,7 @@ def test_a_burst_of_200_against_rpm_50_admits_exactly_50(store_settings: StoreSe
         admitted, refused = await burst(s, key(rpm=50), 200, tokens=1)
         assert (len(admitted), len(refused)) == (50, 150)
         assert all(isinstance(r, RateLimited) and r.code == "rate_limit_exceeded" for r in refused)
-        assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+        assert all(1 <= int(r.headers["Retry-After"]) <= 61 for r in refused)  # a bucket leaves 60-61 s on
         assert "requests per minute (rpm) on API key key_a: limit 50" in refused[0].message
         assert sorted(int(c.headers["x-ratelimit-remaining-requests"]) for c in admitted) == list(range(50))
         assert (await counters(s, key()))["key"]["rq"] == 50
@@ -181,3 +182,91 @@ def test_the_lua_calendar_matches_python(store_settings: StoreSettings) -> None:
                                           (3_723_000, "1h2m3s")])
 def test_reset_is_formatted_like_openai(ms: int, text: str) -> None:
     assert format_reset(ms) == text
+
+
+class Clock:
+    """A test clock for the scripts, in epoch milliseconds, that only moves when told."""
+
+    def __init__(self, start_ms: int) -> None:
+        self.ms = start_ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a second (and minute) boundary
+
+
+def clocked(s: Services) -> tuple[Quotas, Clock]:
+    """The services' quotas, but on a clock the test moves."""
+    clock = Clock(BASE_MS)
+    return Quotas(s.store, Outages(s.errors), s.ledger, clock=clock), clock
+
+
+async def admitted_at(quotas: Quotas, clock: Clock, principal: Principal, times_ms: list[int],
+                      tokens: list[int]) -> list[tuple[int, int]]:
+    """Charge one request at each time; the (time, tokens) of those admitted."""
+    admitted = []
+    for at, cost in zip(times_ms, tokens, strict=True):
+        clock.ms = at
+        try:
+            await quotas.charge(principal, None, cost)
+        except RateLimited:
+            continue
+        admitted.append((at, cost))
+    return admitted
+
+
+def most_in_any_minute(admitted: list[tuple[int, int]], weight: Callable[[int], int]) -> int:
+    """The most requests (or tokens) admitted within any 60-second span [t, t + 60 s)."""
+    return max(sum(weight(c) for at, c in admitted if start <= at < start + 60_000) for start, _ in admitted)
+
+
+def test_a_minute_window_holds_across_a_bucket_boundary(store_settings: StoreSettings) -> None:
+    """Issue 11 item 14: rpm spent at 0.999 s is not given again at 60.0 s (59.001 s later)."""
+    async def body(s: Services) -> None:
+        quotas, clock = clocked(s)
+        principal = key(rpm=5, key_id="boundary")
+        assert len(await admitted_at(quotas, clock, principal, [BASE_MS + 999] * 5, [1] * 5)) == 5
+        clock.ms = BASE_MS + 60_000
+        with pytest.raises(RateLimited) as refused:
+            await quotas.charge(principal, None, 1)
+        clock.ms += int(refused.value.headers["Retry-After"]) * 1000
+        await quotas.charge(principal, None, 1)  # after Retry-After it fits, 60 to 61 s after the first
+        assert 60_999 <= clock.ms - BASE_MS <= 61_000
+    run(store_settings, body)
+
+
+@pytest.mark.parametrize("kind", ["rpm", "tpm"])
+def test_no_minute_ever_admits_more_than_the_limit(store_settings: StoreSettings, kind: str) -> None:
+    """Issue 11 item 14: requests at random times over five minutes; no 60 s span holds more than the limit,
+    and the limit is reached (the window is not simply closed)."""
+    rng = random.Random(11)
+    times = sorted(BASE_MS + rng.randrange(300_000) for _ in range(400))
+    costs = [rng.randint(1, 30) for _ in times]
+    limit = 12 if kind == "rpm" else 150
+
+    async def body(s: Services) -> None:
+        quotas, clock = clocked(s)
+        principal = key(rpm=limit, key_id="spread") if kind == "rpm" else key(tpm=limit, key_id="spread")
+        admitted = await admitted_at(quotas, clock, principal, times, costs)
+        weight: Callable[[int], int] = (lambda _: 1) if kind == "rpm" else (lambda cost: cost)
+        assert most_in_any_minute(admitted, weight) <= limit
+        assert most_in_any_minute(admitted, weight) >= limit - (0 if kind == "rpm" else 30)
+    run(store_settings, body)
+
+
+def test_a_request_larger_than_a_limit_is_refused_for_good_and_charges_nothing(store_settings: StoreSettings) -> None:
+    """Issue 11 item 15: even while another limit is only full for now, the answer is the permanent one."""
+    async def body(s: Services) -> None:
+        principal = key(rpm=1, per_month=50)
+        await s.quotas.charge(principal, "alice", 5)  # rpm is now full for a minute
+        with pytest.raises(InvalidRequest) as too_big:
+            await s.quotas.charge(principal, "alice", 51)
+        refusal = too_big.value
+        assert (refusal.status, refusal.code, refusal.param) == (400, "request_exceeds_limit", "input")
+        assert "51 tokens exceed the tokens per month (tokens_per_month) limit of 50 on this API key" \
+            in too_big.value.message
+        once = {"rq": 1, "tk": 5, "td": 5, "tm": 5}
+        assert await counters(s, principal, "alice") == {"key": once, "team": once, "user": once}
+    run(store_settings, body)

@@ -22,7 +22,12 @@ def fixture(name: str) -> Any:
 
 def vendor_error(status: int, body: Any, secret: str = "", headers: dict[str, str] | None = None) -> ProviderError:
     """The error the shared HTTP client makes of a vendor's answer `status` with `body`."""
-    return HttpClient._status_error(status, orjson.dumps(body), headers or {}, (secret,) if secret else ())
+    return vendor_error_text(status, orjson.dumps(body).decode(), secret, headers)
+
+
+def vendor_error_text(status: int, body: str, secret: str = "", headers: dict[str, str] | None = None) -> ProviderError:
+    """The same for an error body that is not JSON (a proxy's HTML page, a plain-text message)."""
+    return HttpClient._status_error(status, body.encode(), headers or {}, (secret,) if secret else ())
 
 
 def assert_bad_response(from_payload: Callable[[Any, int], EmbedResult], body: Any, expected: int = 2) -> None:
