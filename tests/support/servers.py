@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,14 +92,17 @@ class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), command: Sequence[str] | None = None) -> None:
+        """`command` replaces `python -m proxy serve --config CONFIG --port PORT ARGS` (the image's entry point,
+        say, which takes both from its environment)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / f"gateway-{self.port}.log"
         self._log = open(self.log_path, "wb")
+        argv = command or [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port),
+                           *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port), *args],
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> GatewayProcess:
@@ -118,3 +121,11 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (workers under `embedgate serve --workers N`)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
