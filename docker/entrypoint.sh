@@ -5,9 +5,9 @@
 set -eu
 
 # CPUs we may use: the affinity mask (what nproc counts), capped by a cgroup CPU quota (docker --cpus,
-# a Kubernetes CPU limit), which nproc does not see.
+# a Kubernetes CPU limit), which nproc does not see. (nproc also obeys OMP_NUM_THREADS: not here.)
 cpus() {
-  n=$(nproc)
+  n=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   quota="" period=""
   if [ -r /sys/fs/cgroup/cpu.max ]; then
     read -r quota period < /sys/fs/cgroup/cpu.max
