@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
-from tests.support.servers import GatewayProcess, child_pids
+from tests.support.servers import GatewayProcess
 
 DRAIN = {"drain_grace": 1.5, "drain_timeout": 10}
 
@@ -33,6 +33,14 @@ def serving(config: dict[str, Any], directory: Path, *args: str) -> Iterator[Gat
         yield process.wait_ready(timeout=90)
     finally:
         process.stop()
+
+
+def children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in tasks.iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def requests_counted(url: str) -> float:
@@ -55,13 +63,13 @@ async def _concurrent(url: str, bodies: list[dict[str, Any]]) -> list[tuple[int,
 def test_two_workers_share_one_port_and_metrics_stay_exact(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     config = upstream_config(fake_openai, server=DRAIN)
     with serving(config, tmp_path, "--workers", "2") as gateway:
-        assert len(child_pids(gateway.proc.pid)) >= 2  # two worker processes under the supervisor
+        assert len(children(gateway.proc.pid)) >= 2  # two worker processes under the supervisor
         bodies = [{"model": "text-embedding-3-small", "input": f"w {i}"} for i in range(40)]
         results = asyncio.run(_concurrent(gateway.url, bodies))
         assert [status for status, _ in results] == [200] * 40
         # Each scrape lands on either worker; each must count all 40 requests, whichever served them.
         assert {requests_counted(gateway.url) for _ in range(6)} == {40.0}
-        pids = child_pids(gateway.proc.pid)
+        pids = children(gateway.proc.pid)
         gateway.proc.send_signal(signal.SIGTERM)
         assert gateway.proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10

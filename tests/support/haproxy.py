@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.servers import ROOT, free_port
+from tests.support.servers import ROOT, free_port, stop_process
 
 HAPROXY = shutil.which("haproxy")
 NO_HAPROXY_REASON = "haproxy is not installed (.ci/run installs Debian's haproxy package)"
@@ -107,7 +107,6 @@ class HAProxy:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.servers import ROOT, free_port
+from tests.support.servers import ROOT, free_port, stop_process
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -176,13 +176,8 @@ class PrometheusServer:
 
     def stop(self) -> None:
         self._client.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +27,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it is still there after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (under `embedgate serve --workers N`: the workers, a resource tracker)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 class ThreadedServer:
@@ -92,17 +111,17 @@ class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None,
-                 args: tuple[str, ...] = (), command: Sequence[str] | None = None) -> None:
+                 args: tuple[str, ...] = (), command: list[str] | None = None) -> None:
         """`command` replaces `python -m proxy serve --config CONFIG --port PORT ARGS` (the image's entry point,
-        say, which takes both from its environment)."""
+        which takes both from its environment)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / f"gateway-{self.port}.log"
         self._log = open(self.log_path, "wb")
-        argv = command or [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port),
-                           *args]
         self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+            command or [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port),
+                        *args],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> GatewayProcess:
@@ -113,19 +132,5 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes `pid` started (workers under `embedgate serve --workers N`)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
