@@ -31,6 +31,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it is still there after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (under `embedgate serve --workers N`: the workers, a resource tracker)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 class ThreadedServer:
     """An aiohttp app served from its own event loop thread, so sync clients can call it."""
 
@@ -94,13 +113,16 @@ class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), command: list[str] | None = None) -> None:
+        """`command` replaces `python -m proxy serve --config CONFIG --port PORT ARGS` (the image's entry point,
+        which takes both from its environment)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / f"gateway-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port), *args],
+            command or [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port),
+                        *args],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -112,13 +134,7 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
