@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -103,10 +104,14 @@ class Charge:
 NOTHING = Charge()
 
 
+Rejected = Callable[[Principal, str], None]  # (caller, which limit: rpm, tpm, tokens_per_day, tokens_per_month)
+
+
 class Quotas:
-    def __init__(self, store: Store, outages: Outages) -> None:
+    def __init__(self, store: Store, outages: Outages, rejected: Rejected | None = None) -> None:
         self._store = store
         self._outages = outages
+        self._rejected = rejected
         self._deny_on_error = store.settings.on_error == "deny"
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
@@ -153,7 +158,10 @@ class Quotas:
         self._outages.succeeded()
         headers = _headers(reply)
         if commit and int(reply[0]) != 1:
-            raise _rejection(principal, user, reply, headers)
+            error = _rejection(principal, user, reply, headers)
+            if self._rejected is not None:
+                self._rejected(principal, _text(reply[3]))
+            raise error
         return Charge(tuple(keys), tokens, user is not None, int(reply[1]) if commit else None, headers)
 
 
