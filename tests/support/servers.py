@@ -14,10 +14,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +90,13 @@ def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] |
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def write_config(config: Mapping[str, Any], path: Path) -> Path:
+    """A config file for `GatewayProcess`. Tests stop their gateways: no drain grace unless one is asked for."""
+    server = {"drain_grace": 0, **config.get("server", {})}
+    path.write_text(yaml.safe_dump({**config, "server": server}))
+    return path
+
+
 class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
@@ -118,3 +127,13 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@contextmanager
+def gateway_process(config: Mapping[str, Any], directory: Path, *args: str) -> Iterator[GatewayProcess]:
+    """`embedgate serve --config <config> <args>` in a process of its own, ready, stopped afterwards."""
+    process = GatewayProcess(write_config(config, directory / "serve.yaml"), args=args)
+    try:
+        yield process.wait_ready(timeout=90)
+    finally:
+        process.stop()
