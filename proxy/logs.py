@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -37,11 +38,15 @@ class LogOptions:
         return cls(chosen_level, "json" if chosen_format == "json" else "text")
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _text_value(value: object) -> str:
-    text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
-        return orjson.dumps(text).decode()
-    return text
+    if not isinstance(value, str):
+        return str(value)
+    if not value or _NEEDS_QUOTES.search(value):
+        return orjson.dumps(value).decode()
+    return value
 
 
 class TextFormatter(logging.Formatter):
@@ -81,3 +86,4 @@ def configure(options: LogOptions) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(options.level)
+    logging.captureWarnings(True)  # in the same format, not as bare stderr text
