@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
+from tests.support.metrics import scrape, series
 from tests.support.servers import gateway_process as serving
 
 DRAIN = {"drain_grace": 1.5, "drain_timeout": 10}
@@ -30,12 +29,7 @@ def children(pid: int) -> list[int]:
 
 
 def requests_counted(url: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "embedgate_requests":
-            total += sum(s.value for s in family.samples if s.name == "embedgate_requests_total")
-    return total
+    return sum(series(scrape(url), "embedgate_requests_total").values())
 
 
 async def _concurrent(url: str, bodies: list[dict[str, Any]]) -> list[tuple[int, Any]]:

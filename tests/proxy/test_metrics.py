@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -40,6 +42,19 @@ def test_local_model_batch_size_and_queue_depth(local_gateway: ThreadedServer) -
     assert value(after, batches, deployment=deployment) - value(before, batches, deployment=deployment) == 1
     assert series(after, "embedgate_local_queue_depth", nonzero=False) == {
         frozenset({("deployment", deployment)}): 0}
+
+
+def test_inflight_requests_while_one_waits_on_its_upstream(fake_openai: FakeOpenAI) -> None:
+    fake_openai.delay = 1.0
+    with running_gateway(upstream_config(fake_openai)) as gateway, ThreadPoolExecutor(1) as pool:
+        assert value(scrape(gateway.url), "embedgate_inflight_requests") == 0
+        waiting = pool.submit(embed_ok, gateway.url, ["slow"])
+        deadline = time.monotonic() + 10
+        while value(scrape(gateway.url), "embedgate_inflight_requests") != 1:
+            assert time.monotonic() < deadline and not waiting.done(), "the request was never counted in flight"
+            time.sleep(0.02)
+        waiting.result(timeout=30)
+        assert value(scrape(gateway.url), "embedgate_inflight_requests") == 0
 
 
 def test_metrics_token_on_the_serving_port(fake_openai: FakeOpenAI) -> None:
