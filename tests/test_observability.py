@@ -18,18 +18,19 @@ from tests.support.metrics import Samples, labelled, parse, scrape_text, series,
 from tests.support.redis_server import RedisServer
 from tests.support.servers import free_port, gateway_process
 
-KEY = "sk-alpha-observability-0123456789"  # a static key of team alpha
+KEY = "sk-alpha-observability-0123456789"  # a static key of team alpha, no limits
+LIMITED = "sk-beta-one-per-minute-0123456789"  # a static key of team beta: one request a minute
 MODEL = "text-embedding-3-small"
 DEPLOYMENT = f"{MODEL}/openai"
-SECRETS_AND_TEXTS = (KEY, "Bearer", "alpha one", "alpha two", "alpha three", "alpha four", "no-such-model",
-                     FakeOpenAI.api_key)
+SECRETS_AND_TEXTS = (KEY, LIMITED, "Bearer", "alpha one", "alpha two", "alpha three", "beta one", "beta two",
+                     "no-such-model", FakeOpenAI.api_key)
 
 
 def burst_config(fake: FakeOpenAI, redis_url: str, **extra: Any) -> dict[str, Any]:
-    """Production shape: API keys, an rpm limit of 4 and the cache, all on one Redis the workers share."""
+    """Production shape: API keys, an rpm limit and the cache, all on one Redis the workers share."""
     return upstream_config(
         fake, store={"url": redis_url, "prefix": f"t{secrets.token_hex(4)}"},
-        auth={"keys": [{"key": KEY, "team": "alpha", "limits": {"rpm": 4}}]},
+        auth={"keys": [{"key": KEY, "team": "alpha"}, {"key": LIMITED, "team": "beta", "limits": {"rpm": 1}}]},
         dispatch={"backoff_base": 0.01, "backoff_max": 0.02}, **extra)
 
 
@@ -43,8 +44,8 @@ def post(url: str, body: dict[str, Any], key: str | None = KEY, request_id: str 
 
 def burst(url: str, fake: FakeOpenAI) -> list[httpx.Response]:
     """Misses, a partial hit, a hit, a 404, two 400s (a malformed body: its model is not known; a `dimensions`
-    the model cannot give), a 429 and a 401; the first upstream call fails once (500) and is retried.
-    Charged: the four 200s, exactly the rpm limit, so the fifth charge is refused."""
+    the model cannot give), a 429 (team beta's second request in a minute) and a 401; the first upstream call
+    fails once (500) and is retried. Cache entries are per team: beta's first text is a miss."""
     fake.fail_next(500)
     replies = [
         post(url, {"model": MODEL, "input": ["alpha one"]}),
@@ -54,12 +55,13 @@ def burst(url: str, fake: FakeOpenAI) -> list[httpx.Response]:
         post(url, {"model": MODEL, "input": ""}),
         post(url, {"model": MODEL, "input": "alpha one", "dimensions": 9999}),
         post(url, {"model": MODEL, "input": "alpha three"}, request_id="has a space"),
-        post(url, {"model": MODEL, "input": "alpha four"}),
+        post(url, {"model": MODEL, "input": "beta one"}, key=LIMITED),
+        post(url, {"model": MODEL, "input": "beta two"}, key=LIMITED),
         post(url, {"model": MODEL, "input": "alpha one"}, key="sk-not-a-key-of-anyone"),
     ]
-    assert [r.status_code for r in replies] == [200, 200, 200, 404, 400, 400, 200, 429, 401]
+    assert [r.status_code for r in replies] == [200, 200, 200, 404, 400, 400, 200, 200, 429, 401]
     assert [r.headers["x-embedgate-cache"] for r in replies if r.status_code == 200] == ["miss", "partial", "hit",
-                                                                                        "miss"]
+                                                                                        "miss", "miss"]
     return replies
 
 
@@ -67,26 +69,28 @@ def assert_burst_counted(samples: Samples, replies: list[httpx.Response]) -> Non
     assert series(samples, "embedgate_requests_total") == {
         labelled(model=MODEL, team="alpha", status="200"): 4,
         labelled(model=MODEL, team="alpha", status="400"): 1,
-        labelled(model=MODEL, team="alpha", status="429"): 1,
+        labelled(model=MODEL, team="beta", status="200"): 1,
+        labelled(model=MODEL, team="beta", status="429"): 1,
         labelled(model="other", team="alpha", status="404"): 1,
         labelled(model="other", team="alpha", status="400"): 1,
         labelled(model="other", team="none", status="401"): 1,
     }
     assert series(samples, "embedgate_upstream_requests_total") == {
         labelled(provider="openai", deployment=DEPLOYMENT, outcome="unavailable"): 1,
-        labelled(provider="openai", deployment=DEPLOYMENT, outcome="ok"): 3,
+        labelled(provider="openai", deployment=DEPLOYMENT, outcome="ok"): 4,
     }
-    assert value(samples, "embedgate_upstream_duration_seconds_count", provider="openai", deployment=DEPLOYMENT) == 3
+    assert value(samples, "embedgate_upstream_duration_seconds_count", provider="openai", deployment=DEPLOYMENT) == 4
     assert series(samples, "embedgate_upstream_retries_total") == {labelled(deployment=DEPLOYMENT): 1}
     assert series(samples, "embedgate_cache_lookups_total") == {
-        labelled(model=MODEL, result="hit"): 2, labelled(model=MODEL, result="miss"): 3}
-    tokens = sum(r.json()["usage"]["prompt_tokens"] for r in replies if r.status_code == 200)
-    assert series(samples, "embedgate_tokens_total") == {labelled(model=MODEL, team="alpha"): tokens}
-    assert series(samples, "embedgate_inputs_total") == {labelled(model=MODEL): 5}
-    assert series(samples, "embedgate_ratelimit_rejections_total") == {labelled(team="alpha", limit="rpm"): 1}
-    assert series(samples, "embedgate_request_duration_seconds_count") == {labelled(model=MODEL): 4}
-    assert value(samples, "embedgate_request_duration_seconds_bucket", model=MODEL, le="+Inf") == 4
-    assert value(samples, "embedgate_gateway_overhead_seconds_count") == 4
+        labelled(model=MODEL, result="hit"): 2, labelled(model=MODEL, result="miss"): 4}
+    tokens = [r.json()["usage"]["prompt_tokens"] for r in replies if r.status_code == 200]
+    assert series(samples, "embedgate_tokens_total") == {labelled(model=MODEL, team="alpha"): sum(tokens[:4]),
+                                                         labelled(model=MODEL, team="beta"): tokens[4]}
+    assert series(samples, "embedgate_inputs_total") == {labelled(model=MODEL): 6}
+    assert series(samples, "embedgate_ratelimit_rejections_total") == {labelled(team="beta", limit="rpm"): 1}
+    assert series(samples, "embedgate_request_duration_seconds_count") == {labelled(model=MODEL): 5}
+    assert value(samples, "embedgate_request_duration_seconds_bucket", model=MODEL, le="+Inf") == 5
+    assert value(samples, "embedgate_gateway_overhead_seconds_count") == 5
     assert 0 < value(samples, "embedgate_gateway_overhead_seconds_sum") < value(
         samples, "embedgate_request_duration_seconds_sum", model=MODEL)
     assert value(samples, "embedgate_inflight_requests") == 0
@@ -103,7 +107,7 @@ def assert_bounded(text: str) -> None:
     for (_, labels) in parse(text):
         values = dict(labels)
         assert values.get("model", MODEL) in {MODEL, "ada", "fake/*", "other"}
-        assert values.get("team", "alpha") in {"alpha", "none"}
+        assert values.get("team", "alpha") in {"alpha", "beta", "none"}
 
 
 def request_lines(log: str, json_lines: bool) -> dict[str, dict[str, Any]]:
@@ -153,6 +157,7 @@ def test_a_burst_of_traffic_is_counted_exactly_and_logged_once_per_request(
         "tokens": str(replies[2].json()["usage"]["prompt_tokens"]), "inputs": "1"}
     assert float(hit["latency_ms"]) >= float(hit["overhead_ms"]) >= 0
     assert lines[ids[0]]["deployment"] == DEPLOYMENT and lines[ids[0]]["cache"] == "miss"
-    assert str(lines[ids[7]]["status"]) == "429" and str(lines[ids[8]]["team"]) == "none"
+    assert str(lines[ids[8]]["status"]) == "429" and lines[ids[8]]["team"] == "beta"
+    assert lines[ids[9]]["team"] == "none" and str(lines[ids[9]]["status"]) == "401"
     for secret in (*SECRETS_AND_TEXTS, token):
         assert secret not in log
