@@ -132,7 +132,7 @@ def test_a_burst_of_traffic_is_counted_exactly_and_logged_once_per_request(
     port, token = free_port(), "scrape-token-0123456789"
     metrics = {"port": port, "token": token} if own_port else {}
     config = burst_config(fake_openai, redis_server.url, metrics=metrics)
-    with gateway_process(config, tmp_path, "--workers", workers, "--log-format", log_format) as gateway:
+    with gateway_process(config, tmp_path, None, "--workers", workers, "--log-format", log_format) as gateway:
         replies = burst(gateway.url, fake_openai)
         scrape_url = f"http://127.0.0.1:{port}" if own_port else gateway.url
         texts = [scrape_text(scrape_url, token if own_port else None) for _ in range(6)]

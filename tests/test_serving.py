@@ -42,7 +42,7 @@ async def _concurrent(url: str, bodies: list[dict[str, Any]]) -> list[tuple[int,
 
 def test_two_workers_share_one_port_and_metrics_stay_exact(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     config = upstream_config(fake_openai, server={"drain_grace": 0, "drain_timeout": 10})
-    with serving(config, tmp_path, "--workers", "2") as gateway:
+    with serving(config, tmp_path, None, "--workers", "2") as gateway:
         assert len(children(gateway.proc.pid)) >= 2  # two worker processes under the supervisor
         bodies = [{"model": "text-embedding-3-small", "input": f"w {i}"} for i in range(40)]
         results = asyncio.run(_concurrent(gateway.url, bodies))

@@ -130,9 +130,10 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway_process(config: Mapping[str, Any], directory: Path, *args: str) -> Iterator[GatewayProcess]:
-    """`embedgate serve --config <config> <args>` in a process of its own, ready, stopped afterwards."""
-    process = GatewayProcess(write_config(config, directory / "serve.yaml"), args=args)
+def gateway_process(config: Mapping[str, Any], directory: Path, env: dict[str, str] | None = None,
+                    *args: str) -> Iterator[GatewayProcess]:
+    """`embedgate serve` of `config` (written to `directory`), with `env` added to its environment, until ready."""
+    process = GatewayProcess(write_config(config, directory / "gateway.yaml"), env=env, args=args)
     try:
         yield process.wait_ready(timeout=90)
     finally:
