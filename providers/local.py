@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -95,10 +96,38 @@ class HFTokenizer:
         return [len(ids) for ids in encoded["input_ids"]]
 
 
+class QueueObserver(Protocol):
+    """What the gateway learns of the batching queue, for its metrics and traces (providers know neither)."""
+
+    def job(self) -> object:
+        """Called in the requester's context as its job is queued; what it returns comes back in `forward`."""
+        ...
+
+    def queue_depth(self, inputs: int) -> None:
+        """Inputs now waiting for a forward pass."""
+        ...
+
+    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
+        """One forward pass over `inputs` inputs, wall-clock times in ns, with what `job` gave each job."""
+        ...
+
+
+class _Unobserved:
+    def job(self) -> object:
+        return None
+
+    def queue_depth(self, inputs: int) -> None:
+        pass
+
+    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
+        pass
+
+
 @dataclass
 class _Job:
     texts: list[str]
     future: asyncio.Future[Vectors] = field(repr=False)
+    tag: object = None  # the observer's, e.g. the requester's trace context
 
 
 class LocalProvider:
@@ -115,6 +144,7 @@ class LocalProvider:
         self._queued_inputs = 0
         self.encoding_inputs = 0  # inputs in the forward pass under way (0 when idle)
         self._worker: asyncio.Task[None] | None = None
+        self.observer: QueueObserver = _Unobserved()
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -163,8 +193,9 @@ class LocalProvider:
         if self._queued_inputs + len(batch.inputs) > MAX_QUEUED_INPUTS:
             raise ProviderError(ErrorKind.OVERLOADED, "local model queue is full", retry_after=1.0)
         texts = self._prefixed(batch)
-        job = _Job(texts, asyncio.get_running_loop().create_future())
+        job = _Job(texts, asyncio.get_running_loop().create_future(), self.observer.job())
         self._queued_inputs += len(texts)
+        self.observer.queue_depth(self._queued_inputs)
         self._queue.put_nowait(job)
         try:
             # The forward pass cannot be interrupted, but no request waits on it past its timeout:
@@ -184,11 +215,13 @@ class LocalProvider:
                 jobs.append(self._queue.get_nowait())
                 size += len(jobs[-1].texts)
             self._queued_inputs -= size
+            self.observer.queue_depth(self._queued_inputs)
             live = [job for job in jobs if not job.future.done()]
             if not live:
                 continue
             texts = [t for job in live for t in job.texts]
             self.encoding_inputs = len(texts)
+            start_ns = time.time_ns()
             try:
                 vectors = await loop.run_in_executor(self._executor, self._encode, texts)
             except Exception as err:  # the model failed: every waiting request learns why
@@ -199,6 +232,7 @@ class LocalProvider:
                 continue
             finally:
                 self.encoding_inputs = 0
+            self.observer.forward(len(texts), start_ns, time.time_ns(), [job.tag for job in live])
             start = 0
             for job in live:
                 end = start + len(job.texts)

@@ -18,8 +18,10 @@ from proxy.errors import (
     error_body,
 )
 from proxy.gateway import Gateway
-from proxy.handlers import GATEWAY, JSON, setup_routes
+from proxy.handlers import GATEWAY, JSON, metrics_handler, setup_routes
+from proxy.observe import EXCHANGE, REQUEST_ID, Exchange
 from proxy.settings import Settings
+from proxy.tracing import NO_SPAN, Tracing
 
 log = logging.getLogger("embedgate")
 
@@ -62,6 +64,35 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error_response(InternalError("The server had an error processing your request."))
 
 
+@web.middleware
+async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Around everything else: the request id (echoed in `x-request-id`), the trace span, metrics, one log line."""
+    gw = request.app[GATEWAY]
+    exchange = Exchange.begin(request)
+    request[EXCHANGE] = exchange
+    traced = gw.tracing.enabled and not exchange.quiet
+    scope = gw.tracing.request(_span_name(request), request.headers) if traced else NO_SPAN
+    with scope as span:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # what openai_errors lets through (below 400)
+            exchange.status = exc.status
+            exc.headers[REQUEST_ID] = exchange.request_id
+            raise
+        else:
+            exchange.status = response.status
+        finally:  # CancelledError too: the client hung up, logged as 499
+            exchange.finish(gw.metrics, span, traced)
+    response.headers[REQUEST_ID] = exchange.request_id
+    return response
+
+
+def _span_name(request: web.Request) -> str:
+    """`POST /v1/embeddings`: the route's template, never a raw path (span names must stay few)."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical}" if resource is not None else request.method
+
+
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.warm_up()
@@ -70,10 +101,19 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await gateway.aclose()
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[openai_errors])
-    app[GATEWAY] = Gateway(settings)
+def create_app(settings: Settings, tracing: Tracing | None = None) -> web.Application:
+    """`tracing`: by default what `settings.tracing` asks for."""
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[observed, openai_errors])
+    app[GATEWAY] = Gateway(settings, tracing)
     app.cleanup_ctx.append(_gateway_ctx)
     setup_routes(app)
     setup_admin_routes(app)
+    return app
+
+
+def create_metrics_app(gateway: Gateway) -> web.Application:
+    """`/metrics` alone, for `metrics.port`: the gateway's own app is closed by its own runner."""
+    app = web.Application(middlewares=[openai_errors])
+    app[GATEWAY] = gateway
+    app.router.add_get("/metrics", metrics_handler(gateway.metrics, gateway.settings.metrics))
     return app

@@ -26,6 +26,7 @@ from proxy.errors import GatewayError, InvalidRequest, UpstreamError
 from proxy.metrics import Metrics
 from proxy.settings import CacheSettings, ModelEntry
 from proxy.store import STORE_ERRORS, Store
+from proxy.tracing import Tracing
 
 log = logging.getLogger("embedgate.cache")
 
@@ -183,6 +184,7 @@ class Served:
     hits: tuple[int, ...]  # positions whose vector came from the store
     status: Status
     deployments: tuple[str, ...] = ()  # which served the misses
+    upstream_seconds: float = 0.0  # how long the request waited on backends (gateway overhead is the rest)
 
     @property
     def cache_hits(self) -> int:
@@ -193,6 +195,7 @@ class Served:
 class _Landed:
     entries: dict[str, Entry]
     deployments: tuple[str, ...]
+    seconds: float  # the backend calls' wall time, the cache write left out
 
 
 Flight = asyncio.Task[_Landed]
@@ -214,9 +217,10 @@ class _Wanted:
 
 
 class EmbeddingCache:
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self._flights: dict[str, Flight] = {}
         self._waiters: dict[Flight, int] = {}  # requests awaiting each flight; none left: it is cancelled
         self._store_down_until = 0.0
@@ -225,9 +229,10 @@ class EmbeddingCache:
                     fetch: Fetch, control: CacheControl = ALLOW_ALL) -> Served:
         """Vectors for `inputs` in order; `tokens` are the gateway's per-input counts."""
         if space is None:
+            started = time.perf_counter()
             result = await fetch(inputs, tokens)
             total = result.prompt_tokens if result.prompt_tokens is not None else sum(tokens)
-            return Served(result.vectors, total, (), "bypass", result.deployments)
+            return Served(result.vectors, total, (), "bypass", result.deployments, time.perf_counter() - started)
 
         hasher = _space_hasher(space, space.dimensions)
         keys = [self.store.key("emb", input_digest(hasher, item)) for item in inputs]
@@ -248,7 +253,9 @@ class EmbeddingCache:
                 found = read
         misses = {key: w for key, w in wanted.items() if key not in found}
         deployments: tuple[str, ...] = ()
+        upstream = 0.0
         if misses:
+            started = time.perf_counter()
             try:
                 landed = await self._fetch(space, misses, joined, fetch, write=use_store and control.write)
             except _Refused as refused:  # name the client's own input, not a position in the miss batch
@@ -256,6 +263,8 @@ class EmbeddingCache:
                 raise refused.error from None
             found.update(landed.entries)
             deployments = landed.deployments
+            # A joined flight may have started before this request asked: count only this request's wait.
+            upstream = min(time.perf_counter() - started, landed.seconds)
 
         entries = [found[key] for key in keys]
         widths = {e.vector.shape[0] for e in entries}
@@ -271,6 +280,7 @@ class EmbeddingCache:
             hits=hits,
             status=status,
             deployments=deployments,
+            upstream_seconds=upstream,
         )
 
     async def _read(self, space: Space, wanted: Mapping[str, _Wanted]) -> dict[str, Entry] | None:
@@ -282,7 +292,8 @@ class EmbeddingCache:
             full = _space_hasher(space, None)
             full_keys = [self.store.key("emb", input_digest(full, w.item)) for w in wanted.values()]
         try:
-            raw = await self.store.get_many(keys + full_keys)
+            with self.tracing.span("cache.read"):
+                raw = await self.store.get_many(keys + full_keys)
         except STORE_ERRORS as err:
             self._store_failed("cache_read", err)
             return None
@@ -323,7 +334,7 @@ class EmbeddingCache:
             for flight, keys in waits.items()))
         merged = {key: entry for result in results for key, entry in result.entries.items()}
         used = dict.fromkeys(name for result in results for name in result.deployments)
-        return _Landed({key: merged[key] for key in misses}, tuple(used))
+        return _Landed({key: merged[key] for key in misses}, tuple(used), max(r.seconds for r in results))
 
     async def _join(self, space: Space, flight: Flight, wanted: dict[str, _Wanted], fetch: Fetch, write: bool,
                     owner: bool) -> _Landed:
@@ -345,16 +356,18 @@ class EmbeddingCache:
     async def _fly(self, space: Space, own: dict[str, _Wanted], fetch: Fetch, write: bool) -> _Landed:
         wanted = list(own.values())
         keys = list(own)
+        started = time.perf_counter()
         try:
             result = await fetch([w.item for w in wanted], [w.tokens for w in wanted])
         except InvalidRequest as err:
             index = err.input_index
             raise _Refused(keys[index] if index is not None and 0 <= index < len(keys) else None, err) from None
+        seconds = time.perf_counter() - started
         counts = apportion(result.prompt_tokens, [w.tokens for w in wanted])
         entries = {key: Entry(result.vectors[i], counts[i]) for i, key in enumerate(keys)}
         if write:
             await self._write(space, entries)
-        return _Landed(entries, result.deployments)
+        return _Landed(entries, result.deployments, seconds)
 
     def _landed(self, keys: list[str], flight: Flight) -> None:
         for key in keys:
@@ -367,7 +380,8 @@ class EmbeddingCache:
         values = {key: encode_entry(entry) for key, entry in entries.items()}
         values = {key: raw for key, raw in values.items() if len(raw) <= space.max_entry_bytes}
         try:
-            await self.store.set_many(values, space.ttl)
+            with self.tracing.span("cache.write"):
+                await self.store.set_many(values, space.ttl)
         except STORE_ERRORS as err:
             self._store_failed("cache_write", err)
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from providers.http import HttpClient
 from proxy.admin_cli import add_admin_commands
 from proxy.bulk.command import add_embed_command
+from proxy.logs import FORMATS, LEVELS, LogOptions
+from proxy.logs import configure as configure_logging
 from proxy.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("embedgate")
@@ -28,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers if args.workers is not None else settings.server.workers
-    return serve_workers(settings, Listen(host, port), workers)
+    return serve_workers(settings, Listen(host, port), workers, args.logs)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="processes on the port (default: server.workers, 1)")
+    serve.add_argument("--log-format", choices=FORMATS,
+                       help="text or json lines (default: $EMBEDGATE_LOG_FORMAT, text)")
+    serve.add_argument("--log-level", type=str.upper, choices=LEVELS,
+                       help="default: $EMBEDGATE_LOG_LEVEL, INFO; WARNING and above drop the per-request line")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config and print its route table")
@@ -66,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("EMBEDGATE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    try:
+        args.logs = LogOptions.resolve(getattr(args, "log_level", None), getattr(args, "log_format", None))
+    except ValueError as err:
+        print(f"embedgate: {err}", file=sys.stderr)
+        return 2
+    configure_logging(args.logs)
     try:
         return int(args.func(args))
     except ConfigError as err:

@@ -23,6 +23,12 @@ DEPLOYMENT_HEADER = "x-embedgate-deployment"
 class EmbeddingResponse:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # What was served, for metrics and the log line.
+    tokens: int = 0
+    inputs: int = 0
+    cache: str = "bypass"
+    deployment: str = ""
+    upstream_seconds: float = 0.0
 
 
 async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_control: CacheControl = ALLOW_ALL,
@@ -36,7 +42,8 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     except InvalidRequest as err:
         await gw.quotas.count_refused(principal, request.user, err)
         raise
-    charge = await gw.quotas.charge(principal, request.user, counted.total)
+    with gw.tracing.span("quota"):
+        charge = await gw.quotas.charge(principal, request.user, counted.total)
 
     async def fetch(inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
         return await gw.dispatcher.dispatch(target, inputs, tokens, counted.dimensions, request.input_type)
@@ -54,12 +61,11 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
         # Give back what was charged for those inputs (the gateway's count), not what the cache recorded.
         await gw.quotas.refund(charge, sum(counted.tokens[i] for i in served.hits))
 
-    gw.metrics.tokens.labels(route.entry.name).inc(served.prompt_tokens)
-    gw.metrics.inputs.labels(route.entry.name).inc(len(request.inputs))
     body = embeddings_body(served.vectors, model=request.model, encoding_format=request.encoding_format,
                            prompt_tokens=served.prompt_tokens)
     await gw.usage.record(principal, request.user, route.entry.name, tokens=served.prompt_tokens,
                           cache_hits=served.cache_hits)
-    headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: ",".join(served.deployments) or "cache",
-               **charge.headers}
-    return EmbeddingResponse(body, headers)
+    deployment = ",".join(served.deployments) or "cache"
+    headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: deployment, **charge.headers}
+    return EmbeddingResponse(body, headers, served.prompt_tokens, len(request.inputs), served.status, deployment,
+                             served.upstream_seconds)

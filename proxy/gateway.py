@@ -6,37 +6,45 @@ import asyncio
 import logging
 
 from providers.http import HttpClient
+from providers.local import LocalProvider
 from proxy.accounts import Accounts
 from proxy.auth import Authenticator
 from proxy.cache import EmbeddingCache
 from proxy.dispatch import Dispatcher
 from proxy.ledger import Ledger
 from proxy.metrics import Metrics
+from proxy.observe import LocalQueueWatch
 from proxy.quota import Quotas
 from proxy.routing import Router
 from proxy.settings import Settings
 from proxy.store import Outages, Store
+from proxy.tracing import Tracing, build_tracing
 from proxy.usage import Usage
 
 log = logging.getLogger("embedgate")
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.http = HttpClient()
         self.router = Router(settings.models, self.http, settings.dispatch)
         self.store = Store(settings.store)
-        self.metrics = Metrics()
-        self.dispatcher = Dispatcher(settings.dispatch, self.metrics.observe_call)
+        self.metrics = Metrics([s.entry.name for s in self.router.services],
+                               [(d.name, d.options.provider) for d in self.router.deployments])
+        self.tracing = tracing or build_tracing(settings.tracing)
+        self.dispatcher = Dispatcher(settings.dispatch, self.metrics.observe_call, self.tracing)
         self.outages = Outages(self.metrics.store_errors)
         self.auth = Authenticator(settings.auth, self.store, self.outages)
         self.ledger = Ledger(self.store, settings.store.max_pending, settings.store.spill_dir)
-        self.quotas = Quotas(self.store, self.outages, self.ledger)
+        self.quotas = Quotas(self.store, self.outages, self.ledger, rejected=self.metrics.rejected)
         self.usage = Usage(self.store, self.outages, self.ledger)
         self.accounts = Accounts(self.store)
         self.cache_store = Store(settings.cache.store) if settings.cache.store is not None else self.store
-        self.cache = EmbeddingCache(self.cache_store, self.metrics)
+        self.cache = EmbeddingCache(self.cache_store, self.metrics, self.tracing)
+        for deployment in self.router.deployments:
+            if isinstance(deployment.provider, LocalProvider):
+                deployment.provider.observer = LocalQueueWatch(self.metrics, self.tracing, deployment.name)
         self._start_task: asyncio.Task[None] | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
@@ -74,3 +82,4 @@ class Gateway:
         await self.store.aclose()
         if self.cache_store is not self.store:
             await self.cache_store.aclose()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes spans still buffered

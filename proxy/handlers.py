@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import hmac
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -10,10 +11,13 @@ from aiohttp import web
 from proxy.auth import Principal, authorize_model
 from proxy.cache import CacheControl
 from proxy.embeddings import create_embeddings
-from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from proxy.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
+from proxy.metrics import NO_TEAM, OTHER, Metrics
+from proxy.observe import EXCHANGE
 from proxy.request import parse_embedding_request
 from proxy.routing import metric_label
+from proxy.settings import MetricsSettings
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
@@ -43,31 +47,32 @@ async def authenticate(request: web.Request) -> Principal | None:
 
 async def embeddings(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    started = time.perf_counter()
-    model = "unknown"
-    status = 500
+    exchange = request[EXCHANGE]
+    exchange.model, exchange.team = OTHER, NO_TEAM  # until known: the metrics and the log line count it
     principal = parsed = None
+    gw.metrics.inflight.inc()
     try:
-        principal = await authenticate(request)  # 401 before any 400, as OpenAI does
+        with gw.tracing.span("auth"):
+            principal = await authenticate(request)  # 401 before any 400, as OpenAI does
+        exchange.team = gw.metrics.team(principal)
         body = await read_json_body(request)
         try:
             parsed = parse_embedding_request(body)
         except InvalidRequest as err:
             await gw.quotas.count_refused(principal, None, err)
             raise
-        model = metric_label(gw.router, parsed.model)
+        exchange.model = metric_label(gw.router, parsed.model)
         cache_control = CacheControl.parse(request.headers.get("Cache-Control"))
         result = await create_embeddings(gw, parsed, cache_control, principal)
-        status = 200
     except GatewayError as err:
-        status = err.status
         if principal is not None and "x-ratelimit-limit-requests" not in err.headers:
             err.headers.update(await gw.quotas.headers(principal, parsed.user if parsed else None))
         raise
     finally:
-        gw.metrics.requests.labels(model, str(status)).inc()
-        if status == 200:
-            gw.metrics.latency.labels(model).observe(time.perf_counter() - started)
+        gw.metrics.inflight.dec()
+    exchange.tokens, exchange.inputs = result.tokens, result.inputs
+    exchange.cache, exchange.deployment = result.cache, result.deployment
+    exchange.upstream_seconds = result.upstream_seconds
     return web.Response(body=result.body, content_type=JSON, headers=result.headers)
 
 
@@ -102,9 +107,20 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": status, "checks": checks}, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+def metrics_handler(metrics: Metrics, settings: MetricsSettings) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`GET /metrics`, behind `metrics.token` when one is set (compared in constant time)."""
+    token = settings.token.get_secret_value().encode() if settings.token is not None else None
+
+    async def handler(request: web.Request) -> web.Response:
+        if token is not None:
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token):
+                raise AuthenticationFailed("/metrics needs the metrics token as Bearer token.",
+                                           code="invalid_metrics_token")
+        return web.Response(body=metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    return handler
 
 
 def setup_routes(app: web.Application) -> None:
@@ -114,4 +130,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model_id:.+}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    gateway = app[GATEWAY]
+    if gateway.settings.metrics.port is None:  # else on its own port (proxy/serve.py)
+        app.router.add_get("/metrics", metrics_handler(gateway.metrics, gateway.settings.metrics))

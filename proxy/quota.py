@@ -161,13 +161,18 @@ class Charge:
 NOTHING = Charge()
 
 
+Rejected = Callable[[Principal, str], None]  # (caller, which limit: rpm, tpm, tokens_per_day, tokens_per_month)
+
+
 class Quotas:
-    def __init__(self, store: Store, outages: Outages, ledger: Ledger, clock: Callable[[], int] | None = None) -> None:
+    def __init__(self, store: Store, outages: Outages, ledger: Ledger, clock: Callable[[], int] | None = None,
+                 rejected: Rejected | None = None) -> None:
         """`clock` (epoch milliseconds) is for tests only: in service the scripts read Redis TIME."""
         self._store = store
         self._outages = outages
         self._ledger = ledger
         self._clock = clock
+        self._rejected = rejected
         self._deny_on_error = store.settings.on_error == "deny"
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
@@ -240,7 +245,10 @@ class Quotas:
         self._outages.succeeded()
         headers = verdict.headers()
         if commit and verdict.ok != 1:
-            raise _rejection(principal, user, tokens, verdict, headers)
+            error = _rejection(principal, user, tokens, verdict, headers)
+            if self._rejected is not None and not verdict.too_big_level:
+                self._rejected(principal, verdict.failed_kind)
+            raise error
         return Charge(tuple(keys), tokens, user is not None, verdict.charged_at if commit else None, headers)
 
 

@@ -139,8 +139,8 @@ class Router:
 
 
 def metric_label(router: Router, model: str) -> str:
-    """A bounded label for metrics: the config entry's name, never a raw client string."""
+    """A bounded label for metrics: the config entry's name, never a raw client string (else `other`)."""
     try:
         return router.resolve(model).entry.name
     except ModelNotFound:
-        return "unknown"
+        return "other"

@@ -19,12 +19,16 @@ import shutil
 import signal
 import tempfile
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
+from proxy.logs import LogOptions
+from proxy.logs import configure as configure_logging
 from proxy.metrics import MULTIPROC_ENV
-from proxy.settings import Settings
+from proxy.settings import ConfigError, Settings
 
 log = logging.getLogger("embedgate.serve")
 
@@ -45,12 +49,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(settings: Settings, listen: Listen) -> None:
-    from proxy.app import create_app
+    from proxy.app import create_app, create_metrics_app
     from proxy.handlers import GATEWAY
 
     app = create_app(settings)
     # handler_cancellation: a client that hangs up cancels its request, and so the upstream calls only
-    # it waited on (its charge is refunded).
+    # it waited on (its charge is refunded). No access log: proxy/observe.py writes one line per request.
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.server.drain_timeout,
                            access_log=None, handle_signals=False)
     await runner.setup()
@@ -58,6 +62,13 @@ async def _serve(settings: Settings, listen: Listen) -> None:
     await site.start()
     log.info("embedgate (pid %d) serving %d model entries on http://%s:%d", os.getpid(), len(settings.models),
              listen.host, listen.port)
+    metrics_runner = None
+    if settings.metrics.port is not None:  # the scrape port stays open until the very end
+        metrics_runner = web.AppRunner(create_metrics_app(app[GATEWAY]), access_log=None, handle_signals=False)
+        await metrics_runner.setup()
+        host = settings.metrics.host or listen.host
+        await web.TCPSite(metrics_runner, host, settings.metrics.port, reuse_port=listen.reuse_port or None).start()
+        log.info("metrics on http://%s:%d/metrics", host, settings.metrics.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,6 +80,8 @@ async def _serve(settings: Settings, listen: Listen) -> None:
     app[GATEWAY].draining = True
     await asyncio.sleep(grace)
     await runner.cleanup()  # closes the listener, waits for in-flight requests, then closes the gateway
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
 
 
 def serve_one(settings: Settings, listen: Listen) -> None:
@@ -79,9 +92,8 @@ def serve_one(settings: Settings, listen: Listen) -> None:
         loop.close()
 
 
-def _worker(settings: Settings, listen: Listen) -> None:
-    logging.basicConfig(level=os.environ.get("EMBEDGATE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _worker(settings: Settings, listen: Listen, logs: LogOptions) -> None:
+    configure_logging(logs)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes SIGINT on as SIGTERM, once
     serve_one(settings, listen)
 
@@ -97,15 +109,18 @@ def _fresh_multiproc_dir() -> Path:
     return path
 
 
-def serve_workers(settings: Settings, listen: Listen, workers: int) -> int:
+def serve_workers(settings: Settings, listen: Listen, workers: int, logs: LogOptions | None = None) -> int:
     """Start `workers` processes on one port and supervise them; returns the exit status."""
+    if settings.metrics.port is not None and settings.metrics.port == listen.port:
+        raise ConfigError(f"metrics.port {settings.metrics.port} is the serving port; pick another")
     if workers <= 1:
         serve_one(settings, listen)
         return 0
     metrics_dir = _fresh_multiproc_dir()
     context = multiprocessing.get_context("spawn")  # no event loop, lock or thread is inherited
     shared = Listen(listen.host, listen.port, reuse_port=True)
-    processes = [context.Process(target=_worker, args=(settings, shared), name=f"embedgate-worker-{i}")
+    processes = [context.Process(target=_worker, args=(settings, shared, logs or LogOptions()),
+                                 name=f"embedgate-worker-{i}")
                  for i in range(workers)]
     for process in processes:
         process.start()
@@ -118,9 +133,15 @@ def serve_workers(settings: Settings, listen: Listen, workers: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     status = 0
-    for process in processes:
-        process.join()
-        status = status or (process.exitcode or 0)
+    running = list(processes)
+    while running:
+        wait([p.sentinel for p in running])
+        for process in [p for p in running if not p.is_alive()]:
+            running.remove(process)
+            process.join()
+            status = status or (process.exitcode or 0)
+            if process.pid is not None:  # its live gauges (in flight, queue depth, breakers) no longer count
+                mark_process_dead(process.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 

@@ -34,6 +34,31 @@ class ServerSettings(_Frozen):
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get once the listener closes")
 
 
+class MetricsSettings(_Frozen):
+    """Where `/metrics` is served: on the main port by default; `port` moves it to a port of its own (the main
+    port then answers 404 there), `token` requires `Authorization: Bearer <token>` wherever it is served."""
+
+    port: int | None = Field(None, ge=1, le=65535)
+    host: str | None = Field(None, description="the metrics port's address; default: server.host")
+    token: SecretStr | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
+class TracingSettings(_Frozen):
+    """OpenTelemetry traces (the `otel` extra), off by default. Standard OTEL_* variables configure the
+    exporter further (headers, certificates); `endpoint` wins over OTEL_EXPORTER_OTLP_ENDPOINT."""
+
+    enabled: bool = False
+    endpoint: str | None = None  # a base URL; default: the exporter's (localhost:4318 for http, :4317 for grpc)
+    protocol: Literal["http", "grpc"] = "http"
+    service_name: str = "embedgate"
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="of traces started here; a caller's decision wins")
+
+
 class StoreSettings(_Frozen):
     url: str = "memory://"
     cluster: bool = False
@@ -202,9 +227,13 @@ class Settings(_Frozen):
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
+        if self.metrics.port is not None and self.metrics.port == self.server.port:
+            raise ValueError("metrics.port must differ from server.port (leave it out to serve /metrics there)")
         seen: set[str] = set()
         for entry in self.models:
             for name in (entry.name, *entry.aliases):

@@ -71,10 +71,13 @@ def test_failover_to_the_healthy_deployment_then_the_breaker_opens_and_closes(
         assert len(east._failures) == 98  # two failures opened east's breaker: nothing more was sent there
         assert metric(gw, "embedgate_upstream_requests_total", provider="openai", deployment="east",
                       outcome="unavailable") == 2
+        assert (metric(gw, "embedgate_circuit_open", deployment="east"),
+                metric(gw, "embedgate_circuit_open", deployment="west")) == (1, 0)
         east._failures.clear()  # east recovers; after the cool-down a probe finds out and closes the breaker
         time.sleep(FAST["breaker_cooldown"] + 0.1)
         served_by = {embed_ok(gw.url, [f"later {i}"], model="multi").headers[DEPLOYMENT] for i in range(4)}
         assert served_by == {"east", "west"}
+        assert metric(gw, "embedgate_circuit_open", deployment="east") == 0
 
 
 def test_429_with_retry_after_is_retried_transparently(fake_openai: FakeOpenAI) -> None:

@@ -113,5 +113,5 @@ def test_health_ready_and_metrics(upstream_gateway: ThreadedServer) -> None:
     assert ready.status_code == 200 and ready.json()["checks"]["store"] is True
     httpx.post(upstream_gateway.url + "/v1/embeddings", json={"model": "small", "input": "x"})
     metrics = httpx.get(upstream_gateway.url + "/metrics").text
-    assert 'embedgate_requests_total{model="text-embedding-3-small",status="200"} 1.0' in metrics
+    assert 'embedgate_requests_total{model="text-embedding-3-small",status="200",team="none"} 1.0' in metrics
     assert "sk-upstream" not in metrics

@@ -6,33 +6,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
-from tests.support.servers import GatewayProcess
+from tests.support.metrics import scrape, series
+from tests.support.servers import gateway_process as serving
 
 DRAIN = {"drain_grace": 1.5, "drain_timeout": 10}
-
-
-@contextmanager
-def serving(config: dict[str, Any], directory: Path, *args: str) -> Iterator[GatewayProcess]:
-    path = directory / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = GatewayProcess(path, args=args)
-    try:
-        yield process.wait_ready(timeout=90)
-    finally:
-        process.stop()
 
 
 def children(pid: int) -> list[int]:
@@ -44,12 +29,7 @@ def children(pid: int) -> list[int]:
 
 
 def requests_counted(url: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "embedgate_requests":
-            total += sum(s.value for s in family.samples if s.name == "embedgate_requests_total")
-    return total
+    return sum(series(scrape(url), "embedgate_requests_total").values())
 
 
 async def _concurrent(url: str, bodies: list[dict[str, Any]]) -> list[tuple[int, Any]]:
@@ -61,8 +41,8 @@ async def _concurrent(url: str, bodies: list[dict[str, Any]]) -> list[tuple[int,
 
 
 def test_two_workers_share_one_port_and_metrics_stay_exact(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    config = upstream_config(fake_openai, server=DRAIN)
-    with serving(config, tmp_path, "--workers", "2") as gateway:
+    config = upstream_config(fake_openai, server={"drain_grace": 0, "drain_timeout": 10})
+    with serving(config, tmp_path, None, "--workers", "2") as gateway:
         assert len(children(gateway.proc.pid)) >= 2  # two worker processes under the supervisor
         bodies = [{"model": "text-embedding-3-small", "input": f"w {i}"} for i in range(40)]
         results = asyncio.run(_concurrent(gateway.url, bodies))

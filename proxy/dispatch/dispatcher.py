@@ -31,6 +31,7 @@ from proxy.dispatch.deployment import Deployment
 from proxy.dispatch.errors import to_gateway_error
 from proxy.errors import GatewayError, InvalidRequest, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from proxy.settings import DispatchSettings
+from proxy.tracing import Span, Tracing
 
 T = TypeVar("T")
 
@@ -69,6 +70,7 @@ class CallReport:
     outcome: str  # "ok" or an ErrorKind value
     seconds: float
     retry: bool  # a second or later try of the same inputs
+    circuit_open: bool = False  # the deployment's breaker, once this call's outcome is counted
 
 
 Observer = Callable[[CallReport], None]
@@ -159,9 +161,11 @@ class _Piece:
 
 
 class Dispatcher:
-    def __init__(self, settings: DispatchSettings, observe: Observer | None = None) -> None:
+    def __init__(self, settings: DispatchSettings, observe: Observer | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.observe = observe or (lambda report: None)
+        self.tracing = tracing or Tracing()
 
     async def dispatch(self, target: Target, inputs: Sequence[EmbedInput], tokens: Sequence[int],
                        dimensions: int | None = None, input_type: str | None = None) -> Dispatched:
@@ -257,30 +261,34 @@ class _Run:
             return await self._part(indices, attempt, avoid | {deployment.name})
         batch = self._batch(chosen, indices)
         async with self._limit(deployment):
-            started = time.monotonic()
-            deployment.inflight += 1
-            try:
-                remaining = self.deadline - started
-                if remaining <= 0:
-                    raise ProviderError(ErrorKind.TIMEOUT, "the request's upstream deadline passed")
-                result = await asyncio.wait_for(deployment.provider.embed(batch), remaining)
-                vectors = self._checked(chosen, result.vectors)
-            except TimeoutError:
-                error: ProviderError | None = ProviderError(
-                    ErrorKind.TIMEOUT, f"{self.target.model}: no answer within the request's deadline")
-            except ProviderError as err:
-                error = err
-            except BaseException:
-                deployment.breaker.released()
-                raise
-            else:
-                error = None
-            finally:
-                deployment.inflight -= 1
+            with self.dispatcher.tracing.span("upstream", client=True) as span:
+                started = time.monotonic()
+                deployment.inflight += 1
+                try:
+                    remaining = self.deadline - started
+                    if remaining <= 0:
+                        raise ProviderError(ErrorKind.TIMEOUT, "the request's upstream deadline passed")
+                    result = await asyncio.wait_for(deployment.provider.embed(batch), remaining)
+                    vectors = self._checked(chosen, result.vectors)
+                except TimeoutError:
+                    error: ProviderError | None = ProviderError(
+                        ErrorKind.TIMEOUT, f"{self.target.model}: no answer within the request's deadline")
+                except ProviderError as err:
+                    error = err
+                except BaseException:
+                    deployment.breaker.released()
+                    raise
+                else:
+                    error = None
+                finally:
+                    deployment.inflight -= 1
+                outcome = "ok" if error is None else error.kind.value
+                if self.dispatcher.tracing.enabled:
+                    _describe(span, deployment, outcome, attempt, len(indices))
         seconds = time.monotonic() - started
-        self._report(deployment, "ok" if error is None else error.kind.value, seconds, attempt)
+        _judge(deployment, error)
+        self._report(deployment, outcome, seconds, attempt)
         if error is None:
-            deployment.breaker.succeeded()
             deployment.observed(seconds)
             self.used[deployment.name] = None
             return [_Piece(indices, vectors, result.prompt_tokens)]
@@ -303,7 +311,6 @@ class _Run:
         """After a failed call: retry elsewhere or later, or give the client the error."""
         deployment = chosen.deployment
         if error.kind is ErrorKind.BAD_REQUEST:  # the input's fault, not the deployment's: never retried
-            deployment.breaker.released()
             blamed = error.input_index
             raise to_gateway_error(error, indices[blamed] if blamed is not None and 0 <= blamed < len(indices)
                                    else None)
@@ -311,9 +318,6 @@ class _Run:
         delay = backoff(attempt + 1, settings.backoff_base, settings.backoff_max)
         if error.kind is ErrorKind.RATE_LIMITED:
             deployment.cool_down(error.retry_after if error.retry_after is not None else delay)
-            deployment.breaker.released()
-        else:
-            deployment.breaker.failed()
         attempt += 1
         avoid = avoid | {deployment.name}
         if attempt >= settings.max_attempts:
@@ -339,7 +343,28 @@ class _Run:
 
     def _report(self, deployment: Deployment, outcome: str, seconds: float, attempt: int) -> None:
         self.dispatcher.observe(CallReport(deployment.name, deployment.options.provider, outcome, seconds,
-                                           attempt > 0))
+                                           attempt > 0, deployment.breaker.is_open))
+
+
+def _judge(deployment: Deployment, error: ProviderError | None) -> None:
+    """The breaker's verdict on one call: a 400 (the input's fault) and a 429 (the vendor asked for a
+    pause, honoured by the cool-down) say nothing about the deployment's health."""
+    if error is None:
+        deployment.breaker.succeeded()
+    elif error.kind in (ErrorKind.BAD_REQUEST, ErrorKind.RATE_LIMITED):
+        deployment.breaker.released()
+    else:
+        deployment.breaker.failed()
+
+
+def _describe(span: Span, deployment: Deployment, outcome: str, attempt: int, inputs: int) -> None:
+    span.set_attribute("embedgate.deployment", deployment.name)
+    span.set_attribute("embedgate.provider", deployment.options.provider)
+    span.set_attribute("embedgate.outcome", outcome)
+    if outcome != "ok":
+        span.set_attribute("error.type", outcome)
+    span.set_attribute("embedgate.attempt", attempt + 1)
+    span.set_attribute("embedgate.inputs", inputs)
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

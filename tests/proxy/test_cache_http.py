@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from proxy.handlers import GATEWAY
 from tests.conftest import start_gateway
@@ -18,7 +17,7 @@ from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.support.cache_setup import cache_config, cache_settings, counted_round_trips
 from tests.support.http import Reply, embed, embed_ok
 from tests.support.redis_server import RedisServer
-from tests.support.servers import GatewayProcess, ThreadedServer
+from tests.support.servers import GatewayProcess, ThreadedServer, write_config
 
 
 @pytest.fixture
@@ -203,8 +202,7 @@ def test_store_outage_bypasses_the_cache_then_recovers(fake_openai: FakeOpenAI) 
 
 def test_two_gateway_processes_share_hits(tmp_path: Path, fake_openai: FakeOpenAI,
                                           redis_server: RedisServer) -> None:
-    config = tmp_path / "embedgate.yaml"
-    config.write_text(yaml.safe_dump(cache_config(fake_openai, redis_server.url)))
+    config = write_config(cache_config(fake_openai, redis_server.url), tmp_path / "embedgate.yaml")
     replicas = [GatewayProcess(config), GatewayProcess(config)]
     try:
         for replica in replicas:

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from tests.support.servers import GatewayProcess
+from tests.support.servers import GatewayProcess, write_config
 
 
 @contextmanager
 def replicas(config: dict[str, Any], directory: Path, count: int = 2) -> Iterator[list[GatewayProcess]]:
-    path = directory / "replica.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(config, directory / "replica.yaml")
     processes: list[GatewayProcess] = []
     try:
         for _ in range(count):

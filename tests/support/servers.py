@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,13 @@ def wait_ready(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] |
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def write_config(config: Mapping[str, Any], path: Path) -> Path:
+    """A config file for `GatewayProcess`. Tests stop their gateways: no drain grace unless one is asked for."""
+    server = {"drain_grace": 0, **config.get("server", {})}
+    path.write_text(yaml.safe_dump({**config, "server": server}))
+    return path
+
+
 class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
@@ -139,12 +146,10 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway_process(config: dict[str, Any], directory: Path, env: dict[str, str] | None = None,
+def gateway_process(config: Mapping[str, Any], directory: Path, env: dict[str, str] | None = None,
                     *args: str) -> Iterator[GatewayProcess]:
     """`embedgate serve` of `config` (written to `directory`), with `env` added to its environment, until ready."""
-    path = directory / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = GatewayProcess(path, env=env, args=args)
+    process = GatewayProcess(write_config(config, directory / "gateway.yaml"), env=env, args=args)
     try:
         yield process.wait_ready(timeout=90)
     finally:
