@@ -8,8 +8,10 @@ import logging
 from providers.http import HttpClient
 from proxy.accounts import Accounts
 from proxy.auth import Authenticator
+from proxy.batches import Batches
 from proxy.cache import EmbeddingCache
 from proxy.dispatch import Dispatcher
+from proxy.files import Files
 from proxy.ledger import Ledger
 from proxy.metrics import Metrics
 from proxy.quota import Quotas
@@ -37,6 +39,8 @@ class Gateway:
         self.accounts = Accounts(self.store)
         self.cache_store = Store(settings.cache.store) if settings.cache.store is not None else self.store
         self.cache = EmbeddingCache(self.cache_store, self.metrics)
+        self.files = Files(settings.files, self.store)
+        self.batches = Batches(self.store, self.files)
         self._start_task: asyncio.Task[None] | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
