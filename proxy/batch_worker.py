@@ -51,6 +51,9 @@ class BatchWorkers:
         self._stream = gw.batches.stream
         self._name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._tasks: list[asyncio.Task[None]] = []
+        # Checked by the loops too: a cancellation that lands inside a redis call may come out as a
+        # connection error, which the loops survive.
+        self._stopping = False
 
     def start(self) -> None:
         if not self._settings.workers:
@@ -61,6 +64,7 @@ class BatchWorkers:
 
     async def aclose(self) -> None:
         """Stop; a unit under way stays pending and another worker takes it over after its lease."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -77,7 +81,7 @@ class BatchWorkers:
 
     async def _loop(self, consumer: str) -> None:
         grouped = False
-        while True:
+        while not self._stopping:
             try:
                 if not grouped:
                     await self._ensure_group()
@@ -241,7 +245,7 @@ class BatchWorkers:
     # --- expiry and retention --------------------------------------------------------------
 
     async def _sweep_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._settings.sweep_seconds)
             try:
                 await self.sweep(time.time())
