@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tests.support.batches import (
     text_lines,
     wait_batch,
 )
+from tests.support.redis_server import RedisServer
+from tests.support.replicas import replicas
 from tests.support.servers import ThreadedServer
 
 
@@ -120,9 +123,9 @@ def test_cancel_mid_way_keeps_what_finished(fake_openai: FakeOpenAI, tmp_path: P
         wait_batch(api, batch.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 20)
         assert api.batches.cancel(batch.id).status in ("cancelling", "cancelled")
         done = wait_batch(api, batch.id, finished)
+        output = read_lines(api, done.output_file_id)
     assert done.status == "cancelled" and done.cancelling_at and done.cancelled_at
     assert done.request_counts is not None and 20 <= done.request_counts.completed < 300
-    output = read_lines(api, done.output_file_id)
     assert len(output) == done.request_counts.completed
     check_output(output, {item["custom_id"]: item["body"]["input"] for item in items})
 
@@ -143,8 +146,8 @@ def test_a_batch_uses_only_its_share_of_the_team_limits(fake_openai: FakeOpenAI,
         assert waiting.request_counts.completed == 20
         api.batches.cancel(batch.id)
         done = wait_batch(api, batch.id, finished)
-    assert done.status == "cancelled"
-    assert len(read_lines(api, done.output_file_id)) == 20
+        assert done.status == "cancelled"
+        assert len(read_lines(api, done.output_file_id)) == 20
 
 
 def test_uploads_and_batches_refused_with_clear_400s(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
@@ -199,3 +202,28 @@ def _wait_gone(api: openai.OpenAI, file_id: str, timeout: float = 20) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_replica_killed_mid_batch_loses_nothing(fake_openai: FakeOpenAI, redis_server: RedisServer,
+                                                  tmp_path: Path) -> None:
+    fake_openai.delay = 0.3
+    config = batch_config(fake_openai, tmp_path, chunk_lines=10, lease_seconds=1)
+    config["store"] = {"url": redis_server.url, "prefix": f"batch{secrets.token_hex(4)}"}
+    with replicas(config, tmp_path) as (doomed, survivor):
+        api = client(doomed.url, create_key(doomed.url)["key"])
+        items = text_lines(400)
+        batch = start_batch(api, items)
+        midway = wait_batch(api, batch.id, lambda b: b.request_counts is not None and b.request_counts.completed >= 50)
+        assert midway.request_counts is not None and midway.request_counts.completed < 400
+        doomed.proc.kill()  # SIGKILL: its units in flight stay pending until their lease runs out
+        doomed.proc.wait()
+        pending = redis_server.client().xpending_range(f"{config['store']['prefix']}:batchwork", "workers",
+                                                       "-", "+", 100)
+        assert any(f"-{doomed.proc.pid}-" in entry["consumer"].decode() for entry in pending)  # it held work
+        api = client(survivor.url, api.api_key)
+        done = wait_batch(api, batch.id, finished)
+        output = read_lines(api, done.output_file_id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (400, 0)
+    assert sorted(item["custom_id"] for item in output) == sorted(item["custom_id"] for item in items)
+    check_output(output, {item["custom_id"]: item["body"]["input"] for item in items})
