@@ -23,6 +23,7 @@ from tests.support.batches import (
     start_batch,
     text_lines,
     wait_batch,
+    wait_until,
 )
 from tests.support.redis_server import RedisServer
 from tests.support.replicas import replicas
@@ -185,23 +186,11 @@ def test_files_are_deleted_on_request_and_after_their_retention(fake_openai: Fak
             api.files.retrieve(first.id)
         second = api.files.create(file=("b.jsonl", jsonl(text_lines(2))), purpose="batch")
         assert (tmp_path / "files" / second.id).exists()
-        wait_batch_free = [f.id for f in api.files.list()]
-        assert wait_batch_free == [second.id]
-        deadline_reached = _wait_gone(api, second.id)
-        assert deadline_reached and not (tmp_path / "files" / second.id).exists()
-
-
-def _wait_gone(api: openai.OpenAI, file_id: str, timeout: float = 20) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            api.files.retrieve(file_id)
-        except openai.NotFoundError:
-            return True
-        time.sleep(0.2)
-    return False
+        assert [f.id for f in api.files.list()] == [second.id]
+        wait_until(lambda: second.id not in [f.id for f in api.files.list()])  # the sweep, past 2 s of retention
+        with pytest.raises(openai.NotFoundError):
+            api.files.retrieve(second.id)
+        assert not (tmp_path / "files" / second.id).exists()
 
 
 def test_a_replica_killed_mid_batch_loses_nothing(fake_openai: FakeOpenAI, redis_server: RedisServer,

@@ -35,15 +35,23 @@ def start_batch(client: openai.OpenAI, items: Iterable[dict[str, Any] | bytes]) 
     return client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
 
 
+def wait_until(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.1)
+
+
 def wait_batch(client: openai.OpenAI, batch_id: str, until: Callable[[Batch], bool],
                timeout: float = 60) -> Batch:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if until(batch):
-            return batch
-        assert time.monotonic() < deadline, f"batch never got there: {batch}"
-        time.sleep(0.1)
+    seen: list[Batch] = []
+
+    def reached() -> bool:
+        seen.append(client.batches.retrieve(batch_id))
+        return until(seen[-1])
+
+    wait_until(reached, timeout)
+    return seen[-1]
 
 
 def finished(batch: Batch) -> bool:
