@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import TypeVar
 
-import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from proxy.accounts import KeyCreate, KeyPatch, TeamConfig, key_view
-from proxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, ServiceUnavailable
-from proxy.handlers import GATEWAY, json_response, read_json_body
+from proxy.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from proxy.handlers import GATEWAY, json_response, read_model
 from proxy.store import STORE_ERRORS
 from proxy.usage import UsageFilter, parse_range
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
-Body = TypeVar("Body", bound=BaseModel)
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -40,20 +36,9 @@ def admin_only(handler: Handler) -> Handler:
     return wrapper
 
 
-async def _body(request: web.Request, model: type[Body]) -> Body:
-    try:
-        return model.model_validate(orjson.loads(await read_json_body(request) or b"{}"))
-    except orjson.JSONDecodeError as err:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from err
-    except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"]) or None
-        raise InvalidRequest(f"{where or 'body'}: {problem['msg']}", param=where) from err
-
-
 @admin_only
 async def create_key(request: web.Request) -> web.Response:
-    record, secret = await request.app[GATEWAY].accounts.create_key(await _body(request, KeyCreate))
+    record, secret = await request.app[GATEWAY].accounts.create_key(await read_model(request, KeyCreate))
     return json_response({**key_view(record), "key": secret}, status=201)
 
 
@@ -70,7 +55,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 @admin_only
 async def patch_key(request: web.Request) -> web.Response:
-    body = await _body(request, KeyPatch)
+    body = await read_model(request, KeyPatch)
     record = await request.app[GATEWAY].accounts.patch_key(request.match_info["key_id"], body)
     return json_response(key_view(record))
 
@@ -83,7 +68,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 @admin_only
 async def put_team(request: web.Request) -> web.Response:
-    config = await _body(request, TeamConfig)
+    config = await read_model(request, TeamConfig)
     return json_response(await request.app[GATEWAY].accounts.put_team(request.match_info["team"], config))
 
 

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from proxy.admin import setup_admin_routes
+from proxy.batch_handlers import setup_batch_routes
+from proxy.batch_worker import BatchWorkers
 from proxy.errors import (
     GatewayError,
     InternalError,
@@ -97,7 +99,12 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.warm_up()
     gateway.start()
+    # Beside the gateway, not inside it: the workers run the pipeline (proxy/embeddings.py), which needs the
+    # Gateway built first.
+    workers = BatchWorkers(gateway)
+    workers.start()
     yield
+    await workers.aclose()
     await gateway.aclose()
 
 
@@ -108,6 +115,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> web.Applic
     app.cleanup_ctx.append(_gateway_ctx)
     setup_routes(app)
     setup_admin_routes(app)
+    setup_batch_routes(app)
     return app
 
 

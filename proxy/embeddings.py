@@ -1,4 +1,6 @@
-"""The embeddings pipeline as one plain async function: route, validate, charge, cache + dispatch, render."""
+"""The embeddings pipeline as one plain async function: route, validate, charge, cache + dispatch, render.
+
+`embed_charged` is its second half (cache + dispatch, refunds, usage), shared with the batch worker."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ from dataclasses import dataclass, field
 
 from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
-from proxy.cache import ALLOW_ALL, CacheControl, space_for
-from proxy.dispatch import Dispatched
+from proxy.cache import ALLOW_ALL, CacheControl, Served, space_for
+from proxy.dispatch import Dispatched, Target
 from proxy.errors import GatewayError, InvalidRequest
 from proxy.gateway import Gateway
+from proxy.quota import Charge
 from proxy.render import embeddings_body
 from proxy.request import EmbeddingRequest
-from proxy.validation import validate
+from proxy.routing import Route
+from proxy.validation import Counted, validate
 
 CACHE_HEADER = "x-embedgate-cache"
 DEPLOYMENT_HEADER = "x-embedgate-deployment"
@@ -44,28 +48,42 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
         raise
     with gw.tracing.span("quota"):
         charge = await gw.quotas.charge(principal, request.user, counted.total)
-
-    async def fetch(inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
-        return await gw.dispatcher.dispatch(target, inputs, tokens, counted.dimensions, request.input_type)
-
-    space = space_for(route.entry, route.space_identity(), counted.dimensions, gw.settings.cache,
-                      team=principal.team if principal else None, input_type=counted.input_type)
     try:
-        served = await gw.cache.embed(space, request.inputs, counted.tokens, fetch, cache_control)
-    except BaseException as err:
-        await gw.quotas.refund(charge)
-        if isinstance(err, GatewayError) and err.input_index is not None:
+        served = await embed_charged(gw, route, target, request.inputs, counted, charge, principal, request.user,
+                                     request.input_type, cache_control)
+    except GatewayError as err:
+        if err.input_index is not None:
             err.param = request.param(err.input_index)
         raise
-    if served.hits and not gw.settings.cache.charge_hits:
-        # Give back what was charged for those inputs (the gateway's count), not what the cache recorded.
-        await gw.quotas.refund(charge, sum(counted.tokens[i] for i in served.hits))
-
     body = embeddings_body(served.vectors, model=request.model, encoding_format=request.encoding_format,
                            prompt_tokens=served.prompt_tokens)
-    await gw.usage.record(principal, request.user, route.entry.name, tokens=served.prompt_tokens,
-                          cache_hits=served.cache_hits)
     deployment = ",".join(served.deployments) or "cache"
     headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: deployment, **charge.headers}
     return EmbeddingResponse(body, headers, served.prompt_tokens, len(request.inputs), served.status, deployment,
                              served.upstream_seconds)
+
+
+async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Sequence[EmbedInput], counted: Counted,
+                        charge: Charge, principal: Principal | None, user: str | None, input_type: str | None,
+                        cache_control: CacheControl = ALLOW_ALL, requests: int = 1) -> Served:
+    """Vectors for inputs already validated and charged: through the cache and the dispatcher, the
+    charge refunded on failure (and for cache hits unless they are charged), usage recorded.
+    The HTTP handler and the batch worker both come through here; `requests` is how many requests of
+    the caller these inputs answer (a batch packs many lines into one call)."""
+
+    async def fetch(items: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
+        return await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
+
+    space = space_for(route.entry, route.space_identity(), counted.dimensions, gw.settings.cache,
+                      team=principal.team if principal else None, input_type=counted.input_type)
+    try:
+        served = await gw.cache.embed(space, inputs, counted.tokens, fetch, cache_control)
+    except BaseException:
+        await gw.quotas.refund(charge)
+        raise
+    if served.hits and not gw.settings.cache.charge_hits:
+        # Give back what was charged for those inputs (the gateway's count), not what the cache recorded.
+        await gw.quotas.refund(charge, sum(counted.tokens[i] for i in served.hits))
+    await gw.usage.record(principal, user, route.entry.name, tokens=served.prompt_tokens,
+                          requests=requests, cache_hits=served.cache_hits)
+    return served

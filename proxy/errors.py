@@ -125,7 +125,9 @@ class InternalError(GatewayError):
     default_code = "internal_error"
 
 
+def error_object(err: GatewayError) -> dict[str, object]:
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
 def error_body(err: GatewayError) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
-    )
+    return orjson.dumps(error_object(err))

@@ -9,8 +9,10 @@ from providers.http import HttpClient
 from providers.local import LocalProvider
 from proxy.accounts import Accounts
 from proxy.auth import Authenticator
+from proxy.batches import Batches
 from proxy.cache import EmbeddingCache
 from proxy.dispatch import Dispatcher
+from proxy.files import Files
 from proxy.ledger import Ledger
 from proxy.metrics import Metrics
 from proxy.observe import LocalQueueWatch
@@ -45,6 +47,8 @@ class Gateway:
         for deployment in self.router.deployments:
             if isinstance(deployment.provider, LocalProvider):
                 deployment.provider.observer = LocalQueueWatch(self.metrics, self.tracing, deployment.name)
+        self.files = Files(settings.files, self.store)
+        self.batches = Batches(self.store, self.files)
         self._start_task: asyncio.Task[None] | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending

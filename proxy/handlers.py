@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from proxy.auth import Principal, authorize_model
 from proxy.cache import CacheControl
@@ -22,6 +24,7 @@ from proxy.settings import MetricsSettings
 GATEWAY = web.AppKey("gateway", Gateway)
 
 JSON = "application/json"
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -39,6 +42,18 @@ async def read_json_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body is {request.content_length} bytes; the limit is {limit}.")
     return await request.read()
+
+
+async def read_model(request: web.Request, model: type[Body]) -> Body:
+    """A JSON body validated by a pydantic model; what is wrong with it is a 400 naming the field."""
+    try:
+        return model.model_validate(orjson.loads(await read_json_body(request) or b"{}"))
+    except orjson.JSONDecodeError as err:
+        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from err
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"]) or None
+        raise InvalidRequest(f"{where or 'body'}: {problem['msg']}", param=where) from err
 
 
 async def authenticate(request: web.Request) -> Principal | None:

@@ -191,6 +191,26 @@ class DispatchSettings(_Frozen):
     breaker_cooldown: float = Field(30.0, gt=0, description="seconds an open breaker waits before one probe")
 
 
+class FilesSettings(_Frozen):
+    """Uploaded and produced files (Files API): bytes in a directory, metadata in the store."""
+
+    dir: Path = Field(Path("data/files"), description="where file bytes live; replicas share it (a volume)")
+    max_bytes: int = Field(200 * 1024 * 1024, ge=1, description="largest upload")
+    max_lines: int = Field(50_000, ge=1, description="most lines of a batch input file")
+    retention_days: float = Field(30.0, gt=0, description="files older than this are deleted")
+
+
+class BatchSettings(_Frozen):
+    """The Batch API's workers: every replica runs `workers` of them over one Redis Stream."""
+
+    max_share: float = Field(0.5, gt=0, le=1, description="share of the team's limits a batch may use")
+    chunk_lines: int = Field(500, ge=1, description="lines per unit of work")
+    lease_seconds: float = Field(30.0, gt=0, description="a unit idle this long is taken over by another worker")
+    workers: int = Field(2, ge=0, description="worker tasks per process; 0: this replica runs none")
+    sweep_seconds: float = Field(60.0, gt=0, description="how often expired batches and old files are swept")
+    poll_seconds: float = Field(0.2, gt=0, description="how often an idle worker looks for work")
+
+
 class StaticKey(_Frozen):
     """A key declared in the config (GitOps). Give the secret itself or its sha256 hex."""
 
@@ -229,6 +249,8 @@ class Settings(_Frozen):
     dispatch: DispatchSettings = DispatchSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    files: FilesSettings = FilesSettings()
+    batch: BatchSettings = BatchSettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
