@@ -95,13 +95,16 @@ def _span_name(request: web.Request) -> str:
     return f"{request.method} {resource.canonical}" if resource is not None else request.method
 
 
+BATCH_WORKERS = web.AppKey("batch_workers", BatchWorkers)
+
+
 async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.warm_up()
     gateway.start()
     # Beside the gateway, not inside it: the workers run the pipeline (proxy/embeddings.py), which needs the
     # Gateway built first.
-    workers = BatchWorkers(gateway)
+    workers = app[BATCH_WORKERS] = BatchWorkers(gateway)
     workers.start()
     yield
     await workers.aclose()

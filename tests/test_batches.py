@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from proxy.app import BATCH_WORKERS
 from tests.conftest import running_gateway, upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, create_key, embed, put_team, ten_tokens
@@ -149,6 +151,22 @@ def test_a_batch_uses_only_its_share_of_the_team_limits(fake_openai: FakeOpenAI,
         done = wait_batch(api, batch.id, finished)
         assert done.status == "cancelled"
         assert len(read_lines(api, done.output_file_id)) == 20
+
+
+def test_an_unfinished_batch_expires_after_its_24h_window(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.delay = 0.2
+    with running_gateway(batch_config(fake_openai, tmp_path, chunk_lines=10)) as server:
+        api = client(server.url, create_key(server.url)["key"])
+        batch = start_batch(api, text_lines(300))
+        wait_batch(api, batch.id, lambda b: b.status == "in_progress")
+        workers = server.app[BATCH_WORKERS] if server.app is not None else None
+        assert workers is not None
+        server.call(lambda: workers.sweep(time.time() + 23 * 3600))  # inside the window: untouched
+        assert api.batches.retrieve(batch.id).status == "in_progress"
+        server.call(lambda: workers.sweep(time.time() + 24 * 3600 + 1))
+        done = wait_batch(api, batch.id, finished)
+    assert done.status == "expired" and done.expired_at is not None
+    assert done.request_counts is not None and done.request_counts.completed < 300
 
 
 def test_uploads_and_batches_refused_with_clear_400s(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
