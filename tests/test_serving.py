@@ -15,17 +15,10 @@ import numpy as np
 from tests.conftest import upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.support.metrics import scrape, series
+from tests.support.servers import child_pids as children
 from tests.support.servers import gateway_process as serving
 
 DRAIN = {"drain_grace": 1.5, "drain_timeout": 10}
-
-
-def children(pid: int) -> list[int]:
-    tasks = Path(f"/proc/{pid}/task")
-    found: list[int] = []
-    for task in tasks.iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def requests_counted(url: str) -> float:
