@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import TypeVar
 
-import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from proxy.accounts import KeyCreate, KeyPatch, TeamConfig, key_view
-from proxy.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, ServiceUnavailable
+from proxy.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from proxy.handlers import GATEWAY, json_response, read_json_body
+from proxy.schema import Body, CreatedKey, KeyList, RevokedKey, parse_body
 from proxy.store import STORE_ERRORS
 from proxy.usage import UsageFilter, parse_range
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
-Body = TypeVar("Body", bound=BaseModel)
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -41,26 +38,19 @@ def admin_only(handler: Handler) -> Handler:
 
 
 async def _body(request: web.Request, model: type[Body]) -> Body:
-    try:
-        return model.model_validate(orjson.loads(await read_json_body(request) or b"{}"))
-    except orjson.JSONDecodeError as err:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from err
-    except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"]) or None
-        raise InvalidRequest(f"{where or 'body'}: {problem['msg']}", param=where) from err
+    return parse_body(await read_json_body(request) or b"{}", model)
 
 
 @admin_only
 async def create_key(request: web.Request) -> web.Response:
     record, secret = await request.app[GATEWAY].accounts.create_key(await _body(request, KeyCreate))
-    return json_response({**key_view(record), "key": secret}, status=201)
+    return json_response(CreatedKey(**key_view(record).model_dump(), key=secret), status=201)
 
 
 @admin_only
 async def list_keys(request: web.Request) -> web.Response:
     records = await request.app[GATEWAY].accounts.list_keys(request.query.get("team") or None)
-    return json_response({"object": "list", "data": [key_view(r) for r in records]})
+    return json_response(KeyList(data=[key_view(r) for r in records]))
 
 
 @admin_only
@@ -78,7 +68,7 @@ async def patch_key(request: web.Request) -> web.Response:
 @admin_only
 async def revoke_key(request: web.Request) -> web.Response:
     record = await request.app[GATEWAY].accounts.revoke_key(request.match_info["key_id"])
-    return json_response({**key_view(record), "deleted": True})
+    return json_response(RevokedKey(**key_view(record).model_dump()))
 
 
 @admin_only
@@ -94,11 +84,11 @@ async def get_team(request: web.Request) -> web.Response:
 
 @admin_only
 async def usage(request: web.Request) -> web.Response:
-    q = request.query
-    first, last = parse_range(q.get("start"), q.get("end"))
+    q, usage = request.query, request.app[GATEWAY].usage
+    first, last = parse_range(q.get("start"), q.get("end"), await usage.today())
     where = UsageFilter(team=q.get("team") or None, key=q.get("key") or None,
                         user=q.get("user") or None, model=q.get("model") or None)
-    return json_response(await request.app[GATEWAY].usage.query(where, first, last))
+    return json_response(await usage.query(where, first, last))
 
 
 def setup_admin_routes(app: web.Application) -> None:

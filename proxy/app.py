@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from proxy.admin import setup_admin_routes
@@ -18,7 +19,8 @@ from proxy.errors import (
     error_body,
 )
 from proxy.gateway import Gateway
-from proxy.handlers import GATEWAY, JSON, setup_routes
+from proxy.handlers import GATEWAY, JSON, OPENAPI, setup_routes
+from proxy.openapi import build_document
 from proxy.settings import Settings
 
 log = logging.getLogger("embedgate")
@@ -72,7 +74,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[openai_errors])
-    app[GATEWAY] = Gateway(settings)
+    app[GATEWAY] = gateway = Gateway(settings)
+    app[OPENAPI] = orjson.dumps(build_document(gateway.router.model_ids(), gateway.auth.enabled))
     app.cleanup_ctx.append(_gateway_ctx)
     setup_routes(app)
     setup_admin_routes(app)

@@ -55,7 +55,7 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     body = embeddings_body(served.vectors, model=request.model, encoding_format=request.encoding_format,
                            prompt_tokens=served.prompt_tokens)
     await gw.usage.record(principal, request.user, route.entry.name, tokens=served.prompt_tokens,
-                          cache_hits=served.cache_hits)
+                          cache_hits=served.cache_hits, at=charge.charged_at)
     headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: ",".join(served.deployments) or "cache",
                **charge.headers}
     return EmbeddingResponse(body, headers)

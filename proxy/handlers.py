@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from aiohttp import web
+from pydantic import BaseModel
 
 from proxy.auth import Principal, authorize_model
 from proxy.cache import CacheControl
 from proxy.embeddings import create_embeddings
 from proxy.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
+from proxy.quota import with_rate_limit_headers
 from proxy.request import parse_embedding_request
 from proxy.routing import metric_label
+from proxy.schema import Health, ModelList, ModelObject, Readiness
 
 GATEWAY = web.AppKey("gateway", Gateway)
+OPENAPI = web.AppKey("openapi", bytes)  # the document, rendered once at start-up
 
 JSON = "application/json"
 
 
-def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+def json_response(data: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=data.model_dump_json().encode(), status=status, content_type=JSON, headers=headers)
 
 
 async def read_json_body(request: web.Request) -> bytes:
@@ -56,25 +59,24 @@ async def embeddings(request: web.Request) -> web.Response:
         status = 200
     except GatewayError as err:
         status = err.status
-        if principal is not None and "x-ratelimit-limit-requests" not in err.headers:
-            err.headers.update(await gw.quotas.headers(principal, parsed.user if parsed else None))
+        if principal is not None:
+            if "x-ratelimit-limit-requests" not in err.headers:
+                err.headers.update(await gw.quotas.headers(principal, parsed.user if parsed else None))
+            err.headers = with_rate_limit_headers(err.headers)
         raise
     finally:
         gw.metrics.requests.labels(model, str(status)).inc()
         if status == 200:
             gw.metrics.latency.labels(model).observe(time.perf_counter() - started)
-    return web.Response(body=result.body, content_type=JSON, headers=result.headers)
-
-
-def _model_object(model_id: str) -> dict[str, object]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "embedgate"}
+    headers = result.headers if principal is None else with_rate_limit_headers(result.headers)
+    return web.Response(body=result.body, content_type=JSON, headers=headers)
 
 
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     principal = await authenticate(request)
     ids = [m for m in gw.router.model_ids() if principal is None or principal.allows(m)]
-    return json_response({"object": "list", "data": [_model_object(m) for m in ids]})
+    return json_response(ModelList(data=[ModelObject(id=m) for m in ids]))
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -83,23 +85,27 @@ async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model_id"]
     route = gw.router.resolve(model_id)  # 404 model_not_found when nothing serves it
     authorize_model(principal, model_id, route.entry)
-    return json_response(_model_object(model_id))
+    return json_response(ModelObject(id=model_id))
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health())
 
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[GATEWAY].ready()
     ready = all(checks.values())
     status = "ready" if ready else "draining" if not checks["accepting"] else "not ready"
-    return json_response({"status": status, "checks": checks}, status=200 if ready else 503)
+    return json_response(Readiness(status=status, checks=checks), status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[GATEWAY].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type=JSON)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -110,3 +116,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

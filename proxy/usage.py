@@ -3,18 +3,21 @@
 One hash per team and day, `{p}:{t:<team>}:usage:<YYYYMMDD>`, whose fields are JSON
 `[counter, key_id, user, model]`; written with one pipeline after a request, kept
 `USAGE_DAYS` days, read back and summed by `GET /admin/usage`.
+
+The day is the store's (Redis `TIME`), the clock the quota scripts count days and months on, so a
+request's usage and its charge fall on the same day whatever the replica's own clock says.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import orjson
 
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest
+from proxy.schema import UsageCounts, UsageDay, UsageFilters, UsageReport
 from proxy.store import STORE_ERRORS, Outages, Store
 
 COUNTERS = ("requests", "tokens", "cache_hits")
@@ -35,14 +38,14 @@ class UsageFilter:
                 and (self.model is None or self.model == model))
 
 
-def utc_today() -> date:
-    return datetime.now(UTC).date()
+def utc_day(epoch_seconds: int) -> date:
+    return datetime.fromtimestamp(epoch_seconds, UTC).date()
 
 
-def parse_range(start: str | None, end: str | None) -> tuple[date, date]:
-    """`start`/`end` as YYYY-MM-DD, both inclusive; by default the last 30 days."""
+def parse_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
+    """`start`/`end` as YYYY-MM-DD, both inclusive; by default the 30 days up to `today`."""
     try:
-        last = date.fromisoformat(end) if end else utc_today()
+        last = date.fromisoformat(end) if end else today
         first = date.fromisoformat(start) if start else last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
     except ValueError as err:
         raise InvalidRequest(f"start and end must be dates like 2024-05-31: {err}", param="start") from err
@@ -61,24 +64,31 @@ class Usage:
     def _day_key(self, team: str, day: date) -> str:
         return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
 
+    async def today(self) -> date:
+        """The store's UTC day (Redis `TIME`)."""
+        seconds, _ = await self._store.client.time()
+        return utc_day(int(seconds))
+
     async def record(self, principal: Principal | None, user: str | None, model: str, *,
-                     tokens: int, requests: int = 1, cache_hits: int = 0) -> None:
-        """Add one request's usage. A store failure is counted and logged, never raised."""
+                     tokens: int, requests: int = 1, cache_hits: int = 0, at: int | None = None) -> None:
+        """Add one request's usage on the store's day of `at` (Redis TIME seconds, such as the quota
+        charge's), or of now when not given. A store failure is counted and logged, never raised."""
         if principal is None or principal.team is None:
             return
-        key = self._day_key(principal.team, utc_today())
-        pipe = self._store.pipeline()
-        for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
-            if amount:
-                pipe.hincrby(key, orjson.dumps([counter, principal.key_id, user or "", model]).decode(), amount)
-        pipe.expire(key, USAGE_DAYS * 86400)
-        pipe.sadd(self._store.key("teams"), principal.team)
         try:
+            day = utc_day(at) if at is not None else await self.today()
+            key = self._day_key(principal.team, day)
+            pipe = self._store.pipeline()
+            for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
+                if amount:
+                    pipe.hincrby(key, orjson.dumps([counter, principal.key_id, user or "", model]).decode(), amount)
+            pipe.expire(key, USAGE_DAYS * 86400)
+            pipe.sadd(self._store.key("teams"), principal.team)
             await pipe.execute()
         except STORE_ERRORS as err:
             self._outages.failed("usage", err)
 
-    async def query(self, where: UsageFilter, first: date, last: date) -> dict[str, Any]:
+    async def query(self, where: UsageFilter, first: date, last: date) -> UsageReport:
         if where.team:
             teams = [where.team]
         else:
@@ -97,9 +107,8 @@ class Usage:
                 if where.matches(key_id, user, model):
                     sums[counter] += int(value)
         total = {counter: sum(sums[counter] for sums in per_day.values()) for counter in COUNTERS}
-        return {
-            "object": "usage", "start": first.isoformat(), "end": last.isoformat(),
-            "filters": {"team": where.team, "key": where.key, "user": where.user, "model": where.model},
-            "data": [{"date": day.isoformat(), **sums} for day, sums in per_day.items()],
-            "total": total,
-        }
+        return UsageReport(
+            start=first, end=last,
+            filters=UsageFilters(team=where.team, key=where.key, user=where.user, model=where.model),
+            data=[UsageDay(date=day, **sums) for day, sums in per_day.items()], total=UsageCounts(**total),
+        )
