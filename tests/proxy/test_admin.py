@@ -13,7 +13,17 @@ from proxy.cli import main
 from proxy.settings import DispatchSettings
 from tests.conftest import running_gateway, start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, put_team, ten_tokens
+from tests.support.admin import (
+    MASTER_KEY,
+    NO_LIMIT_PAIR,
+    TEN_TOKENS,
+    admin,
+    create_key,
+    embed,
+    put_team,
+    rate_limit_pair,
+    ten_tokens,
+)
 from tests.support.servers import ThreadedServer
 
 
@@ -84,6 +94,19 @@ def test_rate_limit_headers_on_success_and_on_errors(gateway: ThreadedServer) ->
     assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
     bad = embed(gateway.url, key, dimensions=0)  # a 400 after authentication still reports the limits
     assert bad.status_code == 400 and bad.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_both_rate_limit_pairs_are_always_sent(gateway: ThreadedServer) -> None:
+    """As OpenAI does: requests and tokens, on success and on errors; a pair with no limit says so."""
+    rpm_only = create_key(gateway.url, limits={"rpm": 10})["key"]
+    ok = embed(gateway.url, rpm_only, input=TEN_TOKENS)
+    assert ok.status_code == 200
+    assert rate_limit_pair(ok, "requests")[:2] == ("10", "9") and rate_limit_pair(ok, "tokens") == NO_LIMIT_PAIR
+    unlimited = create_key(gateway.url, team="free")["key"]
+    for resp, status in ((embed(gateway.url, unlimited, input=TEN_TOKENS), 200),
+                         (embed(gateway.url, unlimited, dimensions=0), 400)):
+        assert resp.status_code == status
+        assert rate_limit_pair(resp, "requests") == rate_limit_pair(resp, "tokens") == NO_LIMIT_PAIR
 
 
 def test_a_failed_backend_call_refunds_its_tokens(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
