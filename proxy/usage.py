@@ -10,6 +10,7 @@ request's usage and its charge fall on the same day whatever the replica's own c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -24,6 +25,7 @@ COUNTERS = ("requests", "tokens", "cache_hits")
 USAGE_DAYS = 400
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +44,27 @@ def utc_day(epoch_seconds: int) -> date:
     return datetime.fromtimestamp(epoch_seconds, UTC).date()
 
 
+def _day(value: str | None, param: str) -> date | None:
+    """A `YYYY-MM-DD` query value (RFC 3339's full-date, what the document promises); None when absent."""
+    if value is None:
+        return None
+    if not _ISO_DAY.fullmatch(value):
+        raise InvalidRequest(f"'{param}' must be a date like 2024-05-31, got {value!r}.", param=param,
+                             code="invalid_value")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as err:
+        raise InvalidRequest(f"'{param}' is not a date: {err}.", param=param, code="invalid_value") from err
+
+
 def parse_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
     """`start`/`end` as YYYY-MM-DD, both inclusive; by default the 30 days up to `today`."""
-    try:
-        last = date.fromisoformat(end) if end else today
-        first = date.fromisoformat(start) if start else last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
-    except ValueError as err:
-        raise InvalidRequest(f"start and end must be dates like 2024-05-31: {err}", param="start") from err
+    last = _day(end, "end") or today
+    first = _day(start, "start") or last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
     if first > last:
-        raise InvalidRequest("start is after end.", param="start")
+        raise InvalidRequest("start is after end.", param="start", code="invalid_value")
     if (last - first).days >= MAX_RANGE_DAYS:
-        raise InvalidRequest(f"The range may span at most {MAX_RANGE_DAYS} days.", param="start")
+        raise InvalidRequest(f"The range may span at most {MAX_RANGE_DAYS} days.", param="start", code="invalid_value")
     return first, last
 
 

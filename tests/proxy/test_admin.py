@@ -20,6 +20,7 @@ from tests.support.admin import (
     admin,
     create_key,
     embed,
+    error_code,
     put_team,
     rate_limit_pair,
     ten_tokens,
@@ -141,6 +142,15 @@ def test_usage_per_day_and_in_total(gateway: ThreadedServer) -> None:
     assert usage(model="ada")["total"]["requests"] == 1
     assert usage(key=b["id"])["total"]["requests"] == 1
     assert admin(gateway.url, "GET", "/admin/usage", params={"start": "2024-13-01"}).status_code == 400
+
+
+def test_usage_dates_are_full_dates(gateway: ThreadedServer) -> None:
+    """Found by tests/test_contract.py: `?start=` was served as if absent, though the document says a date."""
+    for query, param in (({"start": ""}, "start"), ({"end": ""}, "end"), ({"end": "20240531"}, "end"),
+                         ({"start": "2024-5-31"}, "start"), ({"end": "2024-02-30"}, "end")):
+        resp = admin(gateway.url, "GET", "/admin/usage", params=query)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (query, resp.text)
+        assert error_code(resp) == "invalid_value"
 
 
 def test_the_cli_drives_the_admin_api(gateway: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
