@@ -93,6 +93,7 @@ class Operation:
     parameters: tuple[dict[str, Any], ...] = ()
     auth: Auth = None
     content: dict[str, Any] | None = None
+    model_examples: bool = False  # its path parameter takes a model name: the gateway's names are examples
 
 
 def _param(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -124,7 +125,7 @@ OPERATIONS: tuple[Operation, ...] = (
               _CLIENT_ERRORS, auth="client"),
     Operation("get", "/v1/models/{model_id}", "retrieveModel", "One model name, if this key may use it.", "Models",
               ModelObject, (*_CLIENT_ERRORS, PermissionDenied, NotFound),
-              parameters=(_param("model_id", "path", "A model name or alias."),), auth="client"),
+              parameters=(_param("model_id", "path", "A model name or alias."),), auth="client", model_examples=True),
     Operation("get", "/healthz", "health", "Alive.", "Operations", Health),
     Operation("get", "/readyz", "readiness", "200 once every backend has started and the store answers; 503 "
               "before, and while draining.", "Operations", Readiness),
@@ -208,7 +209,7 @@ def _operation(op: Operation, auth_enabled: bool, models: Sequence[str]) -> dict
         ok = {**ok, "description": "Ready"}
     operation: dict[str, Any] = {
         "operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
-        "parameters": list(op.parameters),
+        "parameters": [_with_examples(p, models) if op.model_examples else p for p in op.parameters],
         "responses": {str(op.status): ok, **_error_responses(op, rate_limited)},
     }
     if op.path == "/readyz":
@@ -221,6 +222,10 @@ def _operation(op: Operation, auth_enabled: bool, models: Sequence[str]) -> dict
     elif op.auth == "client" and auth_enabled:
         operation["security"] = [{"apiKey": []}]
     return operation
+
+
+def _with_examples(parameter: dict[str, Any], models: Sequence[str]) -> dict[str, Any]:
+    return {**parameter, "schema": {**parameter["schema"], "examples": list(models)}} if models else parameter
 
 
 def _examples(body: type[BaseModel], models: Sequence[str]) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from tests.support.admin import MASTER_KEY, create_key
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ThreadedServer
 
-EXAMPLES_PER_OPERATION = 40
-SEED = 20240531
+EXAMPLES_PER_OPERATION = int(__import__("os").environ.get("EXAMPLES", 40))
+SEED = int(__import__("os").environ.get("SEED", 20240531))
 # Generous limits, so quotas are charged and reported on every call without refusing the run.
 LIMITS = {"rpm": 1_000_000, "tpm": 10**12, "tokens_per_day": 10**13, "tokens_per_month": 10**14}
 
