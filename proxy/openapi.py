@@ -94,6 +94,7 @@ class Operation:
     auth: Auth = None
     content: dict[str, Any] | None = None
     model_examples: bool = False  # its path parameter takes a model name: the gateway's names are examples
+    links: tuple[tuple[str, str, str], ...] = ()  # (operationId, its parameter, a field of this answer)
 
 
 def _param(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -110,6 +111,8 @@ _USAGE_QUERY = (
     _param("start", "query", "First UTC day (inclusive); default: 29 days before `end`.", format="date"),
     _param("end", "query", "Last UTC day (inclusive); default: today, on the store's clock.", format="date"),
 )
+
+_KEY_LINKS = (("getKey", "key_id", "id"), ("updateKey", "key_id", "id"), ("revokeKey", "key_id", "id"))
 
 
 def _embeddings(path: str, operation_id: str) -> Operation:
@@ -134,17 +137,21 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/openapi.json", "openapi", "This document.", "Operations", None,
               content={JSON: {"schema": {"type": "object"}}}),
     Operation("post", "/admin/keys", "createKey", "Make a team's key; the secret is in this answer only.", "Admin",
-              CreatedKey, _ADMIN_BODY_ERRORS, body=KeyCreate, status=201, auth="admin"),
+              CreatedKey, _ADMIN_BODY_ERRORS, body=KeyCreate, status=201, auth="admin",
+              links=(*_KEY_LINKS, ("listKeys", "team", "team"), ("getTeam", "team", "team"),
+                     ("getUsage", "key", "id"))),
     Operation("get", "/admin/keys", "listKeys", "Every key, or a team's, without secrets.", "Admin", KeyList,
               _ADMIN_ERRORS, parameters=(_param("team", "query", "Only this team's keys."),), auth="admin"),
     Operation("get", "/admin/keys/{key_id}", "getKey", "One key.", "Admin", KeyView, (*_ADMIN_ERRORS, NotFound),
               parameters=(_KEY_ID,), auth="admin"),
     Operation("patch", "/admin/keys/{key_id}", "updateKey", "Change a key; fields left out stay as they are.",
-              "Admin", KeyView, (*_ADMIN_BODY_ERRORS, NotFound), body=KeyPatch, parameters=(_KEY_ID,), auth="admin"),
+              "Admin", KeyView, (*_ADMIN_BODY_ERRORS, NotFound), body=KeyPatch, parameters=(_KEY_ID,), auth="admin",
+              links=_KEY_LINKS),
     Operation("delete", "/admin/keys/{key_id}", "revokeKey", "Revoke a key, at once on every replica.", "Admin",
               RevokedKey, (*_ADMIN_ERRORS, NotFound), parameters=(_KEY_ID,), auth="admin"),
     Operation("put", "/admin/teams/{team}", "setTeam", "Replace a team's limits and per-user limits.", "Admin",
-              TeamView, (*_ADMIN_BODY_ERRORS, NotFound), body=TeamConfig, parameters=(_TEAM,), auth="admin"),
+              TeamView, (*_ADMIN_BODY_ERRORS, NotFound), body=TeamConfig, parameters=(_TEAM,), auth="admin",
+              links=(("getTeam", "team", "team"), ("getUsage", "team", "team"))),
     Operation("get", "/admin/teams/{team}", "getTeam", "A team's limits and number of keys.", "Admin", TeamView,
               (*_ADMIN_ERRORS, NotFound), parameters=(_TEAM,), auth="admin"),
     Operation("get", "/admin/usage", "getUsage", "Requests, tokens and cache hits per UTC day.", "Admin",
@@ -205,6 +212,9 @@ def _operation(op: Operation, auth_enabled: bool, models: Sequence[str]) -> dict
                                   enum=list(get_args(CacheStatus))),
             **(_rate_limit_headers(required=True) if rate_limited else {}),
         }
+    if op.links:
+        ok["links"] = {target: {"operationId": target, "parameters": {param: f"$response.body#/{field}"}}
+                       for target, param, field in op.links}
     if op.path == "/readyz":
         ok = {**ok, "description": "Ready"}
     operation: dict[str, Any] = {
