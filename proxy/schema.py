@@ -8,7 +8,7 @@ contract, not a copy of it. Every validation failure becomes one OpenAI-shaped 4
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -228,18 +228,31 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as err:
-        raise _invalid_request(err) from None
+        raise _invalid_request(model, err) from None
 
 
 _TYPE_ERRORS = frozenset({"string_type", "int_type", "bool_type", "list_type", "tuple_type", "dict_type",
                           "model_type", "model_attributes_type", "datetime_type", "float_type", "none_required"})
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    text = ""
+def _param(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The field an error is about, as a client names it (`limits.rpm`, `models[2]`): the parts of `loc`
+    that are fields or indexes, without the union member tags pydantic puts between them (`expires_at.int`)."""
+    text, current = "", model
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif current is not None and part in current.model_fields:
+            text += f".{part}" if text else part
+            current = _model_in(current.model_fields[part].annotation)
     return text
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model a field holds (directly, in a union or a container), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
 
 def _rank(error: ErrorDetails) -> int:
@@ -247,21 +260,26 @@ def _rank(error: ErrorDetails) -> int:
     return {"extra_forbidden": 0, "missing": 1}.get(error["type"], 2)
 
 
-def _invalid_request(err: ValidationError) -> InvalidRequest:
-    error = min(err.errors(include_url=False), key=_rank)  # min is stable: the first of the best rank
-    kind, context = error["type"], error.get("ctx") or {}
-    param = context.get("param") or _param(error["loc"]) or None
+def _invalid_request(model: type[BaseModel], err: ValidationError) -> InvalidRequest:
+    errors = err.errors(include_url=False)
+    error = min(errors, key=_rank)  # min is stable: the first of the best rank
+    kind, context, loc = error["type"], error.get("ctx") or {}, error["loc"]
     if kind == "json_invalid":
         return InvalidRequest("We could not parse the JSON body of your request. Send a JSON object.",
                               code="invalid_json")
-    if param is None:
-        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden":  # the unknown name itself is no field: keep it as sent
+        param = ".".join(filter(None, (_param(model, loc[:-1]), str(loc[-1]))))
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param,
                               code="unknown_parameter")
+    param = context.get("param") or _param(model, loc)
+    if not param:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     if kind == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if "param" in context:  # one of ours (`_input_problem`): its type is the code, its message OpenAI's
         return InvalidRequest(error["msg"], param=param, code=kind)
     code = "invalid_type" if kind in _TYPE_ERRORS else "invalid_value"
-    return InvalidRequest(f"Invalid '{param}': {error['msg'][:1].lower()}{error['msg'][1:]}.", param=param, code=code)
+    # A union reports one error per member it tried: say them all.
+    said = dict.fromkeys(e["msg"] for e in errors if _param(model, e["loc"]) == param and _rank(e) == _rank(error))
+    reasons = ", or ".join(m[:1].lower() + m[1:] for m in said)
+    return InvalidRequest(f"Invalid '{param}': {reasons}.", param=param, code=code)

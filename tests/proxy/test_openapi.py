@@ -125,9 +125,19 @@ def test_refusals_speak_openai(body: Any, param: str, code: str) -> None:
 def test_admin_bodies_are_strict_json() -> None:
     assert parse_body(b'{"team": "t", "expires_at": 1700000000}', KeyCreate).expires_at == 1700000000
     assert parse_body(b'{"team": "t", "expires_at": "2030-01-01T00:00:00Z"}', KeyCreate).expires_at is not None
+
+
+@pytest.mark.parametrize(("model", "body", "param", "code"), [
+    (KeyCreate, b'{"team": "t", "limits": {"rpm": "5"}}', "limits.rpm", "invalid_type"),  # the document: integer
+    (KeyCreate, b'{"team": "t", "expires_at": true}', "expires_at", "invalid_type"),  # not `expires_at.int`
+    (KeyCreate, b'{"team": "t", "models": ["a", 1]}', "models[1]", "invalid_type"),
+    (TeamConfig, b'{"limits": {"qps": 1}}', "limits.qps", "unknown_parameter"),
+    (KeyPatch, b'{"limits": 5}', "limits", "invalid_type"),
+])
+def test_admin_refusals_name_the_field(model: type, body: bytes, param: str, code: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        parse_body(b'{"team": "t", "limits": {"rpm": "5"}}', KeyCreate)  # the document says integer
-    assert (exc.value.param, exc.value.code) == ("limits.rpm", "invalid_type")
+        parse_body(body, model)  # type: ignore[type-var]
+    assert (exc.value.param, exc.value.code) == (param, code)
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])
