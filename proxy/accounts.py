@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from proxy.auth import KeyRecord, hash_key, new_secret, record_key, redact
 from proxy.errors import NotFound
 from proxy.quota import limits_fields, limits_from_fields, team_conf_key
-from proxy.schema import KeyView, TeamView
+from proxy.schema import IsoTime, KeyView, TeamView
 from proxy.settings import TEAM_PATTERN, Limits
 from proxy.store import Store
 
@@ -35,7 +35,7 @@ def _epoch(value: int | datetime | None) -> int | None:
 
 
 # Epoch seconds, or an ISO 8601 time (UTC when it names no zone).
-ExpiresAt = int | datetime | None
+ExpiresAt = int | IsoTime | None
 
 
 class _Body(BaseModel):

@@ -7,10 +7,20 @@ contract, not a copy of it. Every validation failure becomes one OpenAI-shaped 4
 
 from __future__ import annotations
 
-from datetime import date
+import re
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from proxy.auth import KeyRecord
@@ -34,6 +44,23 @@ class Answer(BaseModel):
     """A body embedgate sends: every field is always there, defaults included."""
 
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+# An ISO 8601 time, UTC when it names no zone. (pydantic alone would also read "1" as epoch seconds.)
+ISO_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?$"
+
+
+def _iso_time(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if not re.fullmatch(ISO_TIME, value):
+        raise PydanticCustomError("datetime_format", "input should be an ISO 8601 time such as 2030-01-31T12:00:00Z")
+    return datetime.fromisoformat(value)  # a ValueError (month 13) is a validation error
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time),
+                    WithJsonSchema({"type": "string", "pattern": ISO_TIME,
+                                    "description": "An ISO 8601 time; UTC when it names no zone."})]
 
 
 # --- POST /v1/embeddings ------------------------------------------------------------------

@@ -75,6 +75,17 @@ def test_bad_admin_bodies_are_400(gateway: ThreadedServer) -> None:
     assert admin(gateway.url, "GET", "/admin/teams/nobody").status_code == 404
 
 
+def test_expires_at_is_epoch_seconds_or_an_iso_time(gateway: ThreadedServer) -> None:
+    """Found by tests/test_contract.py: `"expires_at": "1"` made a key (pydantic reads digits as epoch
+    seconds), though the document says an integer or an ISO 8601 time."""
+    for value, expires_at in ((1893456000, 1893456000), ("2030-01-01T00:00:00Z", 1893456000),
+                              ("2030-01-01 01:00+01:00", 1893456000), ("2030-01-01T00:00:00", 1893456000)):
+        assert create_key(gateway.url, expires_at=value)["expires_at"] == expires_at, value
+    for value in ("1", "1893456000", "2030-01-01", "tomorrow", "2030-13-01T00:00:00"):
+        resp = admin(gateway.url, "POST", "/admin/keys", json={"team": "search", "expires_at": value})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "expires_at", (value, resp.text)
+
+
 def test_team_and_user_limits(gateway: ThreadedServer) -> None:
     team = put_team(gateway.url, "search", limits={"rpm": 100}, user_limits={"rpm": 1})
     assert team["limits"]["rpm"] == 100 and team["user_limits"]["rpm"] == 1
