@@ -9,8 +9,8 @@ from aiohttp import web
 
 from proxy.accounts import KeyCreate, KeyPatch, TeamConfig, key_view
 from proxy.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
-from proxy.handlers import GATEWAY, json_response, read_json_body
-from proxy.schema import Body, CreatedKey, KeyList, RevokedKey, parse_body
+from proxy.handlers import GATEWAY, json_response, read_model
+from proxy.schema import CreatedKey, KeyList, RevokedKey
 from proxy.store import STORE_ERRORS
 from proxy.usage import UsageFilter, parse_range
 
@@ -37,13 +37,9 @@ def admin_only(handler: Handler) -> Handler:
     return wrapper
 
 
-async def _body(request: web.Request, model: type[Body]) -> Body:
-    return parse_body(await read_json_body(request) or b"{}", model)
-
-
 @admin_only
 async def create_key(request: web.Request) -> web.Response:
-    record, secret = await request.app[GATEWAY].accounts.create_key(await _body(request, KeyCreate))
+    record, secret = await request.app[GATEWAY].accounts.create_key(await read_model(request, KeyCreate))
     return json_response(CreatedKey(**key_view(record).model_dump(), key=secret), status=201)
 
 
@@ -60,7 +56,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 @admin_only
 async def patch_key(request: web.Request) -> web.Response:
-    body = await _body(request, KeyPatch)
+    body = await read_model(request, KeyPatch)
     record = await request.app[GATEWAY].accounts.patch_key(request.match_info["key_id"], body)
     return json_response(key_view(record))
 
@@ -73,7 +69,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 @admin_only
 async def put_team(request: web.Request) -> web.Response:
-    config = await _body(request, TeamConfig)
+    config = await read_model(request, TeamConfig)
     return json_response(await request.app[GATEWAY].accounts.put_team(request.match_info["team"], config))
 
 

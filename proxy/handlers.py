@@ -15,7 +15,7 @@ from proxy.gateway import Gateway
 from proxy.quota import with_rate_limit_headers
 from proxy.request import parse_embedding_request
 from proxy.routing import metric_label
-from proxy.schema import Health, ModelList, ModelObject, Readiness
+from proxy.schema import Body, Health, ModelList, ModelObject, Readiness, parse_body
 
 GATEWAY = web.AppKey("gateway", Gateway)
 OPENAPI = web.AppKey("openapi", bytes)  # the document, rendered once at start-up
@@ -38,6 +38,11 @@ async def read_json_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body is {request.content_length} bytes; the limit is {limit}.")
     return await request.read()
+
+
+async def read_model(request: web.Request, model: type[Body]) -> Body:
+    """A JSON body validated by a pydantic model; what is wrong with it is a 400 naming the field."""
+    return parse_body(await read_json_body(request) or b"{}", model)
 
 
 async def authenticate(request: web.Request) -> Principal | None:

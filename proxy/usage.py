@@ -87,18 +87,29 @@ class Usage:
         charge's), or of now when not given. A store failure is counted and logged, never raised."""
         if principal is None or principal.team is None:
             return
+        key = self._day_key(principal.team, await self._day(at))
+        pipe = self._store.pipeline()
+        for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
+            if amount:
+                pipe.hincrby(key, orjson.dumps([counter, principal.key_id, user or "", model]).decode(), amount)
+        pipe.expire(key, USAGE_DAYS * 86400)
+        pipe.sadd(self._store.key("teams"), principal.team)
         try:
-            day = utc_day(at) if at is not None else await self.today()
-            key = self._day_key(principal.team, day)
-            pipe = self._store.pipeline()
-            for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
-                if amount:
-                    pipe.hincrby(key, orjson.dumps([counter, principal.key_id, user or "", model]).decode(), amount)
-            pipe.expire(key, USAGE_DAYS * 86400)
-            pipe.sadd(self._store.key("teams"), principal.team)
             await pipe.execute()
         except STORE_ERRORS as err:
             self._outages.failed("usage", err)
+
+    async def _day(self, at: int | None) -> date:
+        """The store's UTC day of `at` (Redis TIME seconds), or of now; the process's own day only while
+        the store does not answer (the only clock there is then)."""
+        if at is not None:
+            return utc_day(at)
+        if not self._outages.down:
+            try:
+                return await self.today()
+            except STORE_ERRORS as err:
+                self._outages.failed("usage", err)
+        return datetime.now(UTC).date()
 
     async def query(self, where: UsageFilter, first: date, last: date) -> UsageReport:
         if where.team:

@@ -15,6 +15,7 @@ from proxy.usage import UsageFilter, utc_day
 from tests.conftest import running_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed
+from tests.support.servers import free_port
 from tests.support.services import Services, with_services
 
 ALICE = Principal("key_a", "search")
@@ -83,3 +84,12 @@ def test_a_request_is_counted_on_the_stores_day(fake_openai: FakeOpenAI, store_c
         process_day = datetime.now(UTC).date().isoformat()
         assert admin(gateway.url, "GET", "/admin/usage", params={"start": process_day, "end": process_day}
                      ).json()["total"]["tokens"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_does_not_answer_fails_no_request() -> None:
+    async def body(s: Services) -> None:
+        await s.usage.record(ALICE, None, "m", tokens=5)  # neither TIME nor the write is answered: counted, not raised
+        await s.usage.record(ALICE, None, "m", tokens=5)  # now known to be down: the process's day, no TIME asked
+        assert s.errors.labels("usage")._value.get() == 3
+    await with_services(StoreSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout=0.5), body)
