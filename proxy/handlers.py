@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -23,8 +24,10 @@ OPENAPI = web.AppKey("openapi", bytes)  # the document, rendered once at start-u
 JSON = "application/json"
 
 
-def json_response(data: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=data.model_dump_json().encode(), status=status, content_type=JSON, headers=headers)
+def json_response(data: BaseModel | object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer: a model of proxy/schema.py (what GET /openapi.json publishes), or plain data."""
+    body = data.model_dump_json().encode() if isinstance(data, BaseModel) else orjson.dumps(data)
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
 
 
 async def read_json_body(request: web.Request) -> bytes:
