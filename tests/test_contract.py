@@ -2,8 +2,9 @@
 
 A real gateway on a real port with authentication, quotas and the admin API on a redis-server this test
 starts, and the fake OpenAI upstream as its backend. Every operation gets a fixed, derandomized budget of
-examples (schema-valid and schema-violating): no 5xx, every status, content type, header and body as the
-document says, and every error in OpenAI's shape.
+examples (schema-valid and schema-violating), then stateful sequences along the document's links: no 5xx,
+every status, content type, header and body as the document says, no schema-violating request accepted,
+and every error in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def openai_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection, openai_error_shape]
 
-# The document the gateway below serves (the first test checks that it does): loaded when pytest collects,
-# so that every operation is a test of its own.
+# The document the gateway below serves (a test checks that it does), built when pytest collects so that
+# every operation is a test of its own. (schemathesis.pytest.from_fixture, which would load it from the live
+# gateway, fails under pytest 9: it reads a private attribute pytest no longer has.)
 DOCUMENT = build_document(["text-embedding-3-small", "small", "ada"], auth_enabled=True)
 CONFIG = SchemathesisConfig.from_dict({
     "seed": SEED,
