@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from proxy.auth import KeyRecord, hash_key, new_secret, record_key, redact
 from proxy.errors import Conflict, NotFound
 from proxy.quota import limits_fields, limits_from_fields, team_conf_key
+from proxy.schema import IsoTime, KeyView, TeamView
 from proxy.settings import TEAM_PATTERN, Limits
 from proxy.store import Store
 
@@ -29,10 +30,14 @@ _TEAM = re.compile(TEAM_PATTERN)
 PATCH_TRIES = 5  # reads and conditional writes of one PATCH racing others before it answers 409
 
 
-def _epoch(value: datetime | None) -> int | None:
-    if value is None:
-        return None
+def _epoch(value: int | datetime | None) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
     return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+
+
+# Epoch seconds, or an ISO 8601 time (UTC when it names no zone).
+ExpiresAt = int | IsoTime | None
 
 
 class _Body(BaseModel):
@@ -44,7 +49,7 @@ class KeyCreate(_Body):
     name: str | None = Field(None, max_length=200)
     models: tuple[str, ...] | None = None
     limits: Limits = Limits()
-    expires_at: datetime | None = None
+    expires_at: ExpiresAt = None
 
 
 class KeyPatch(_Body):
@@ -53,7 +58,7 @@ class KeyPatch(_Body):
     name: str | None = Field(None, max_length=200)
     models: tuple[str, ...] | None = None
     limits: Limits | None = None
-    expires_at: datetime | None = None
+    expires_at: ExpiresAt = None
 
 
 class TeamConfig(_Body):
@@ -61,9 +66,8 @@ class TeamConfig(_Body):
     user_limits: Limits = Limits()
 
 
-def key_view(record: KeyRecord, now: float | None = None) -> dict[str, Any]:
-    return {"object": "api_key", **record.model_dump(mode="json"),
-            "expired": record.expired(time.time() if now is None else now)}
+def key_view(record: KeyRecord, now: float | None = None) -> KeyView:
+    return KeyView(**record.model_dump(), expired=record.is_expired(time.time() if now is None else now))
 
 
 def check_team(team: str) -> str:
@@ -163,18 +167,17 @@ class Accounts:
         await pipe.execute()
         return record
 
-    async def put_team(self, team: str, config: TeamConfig) -> dict[str, Any]:
+    async def put_team(self, team: str, config: TeamConfig) -> TeamView:
         fields = {**limits_fields("team", config.limits), **limits_fields("user", config.user_limits)}
         await self._client.hset(team_conf_key(self._store, check_team(team)), mapping=fields)  # one atomic HSET
         await self._client.sadd(self._teams, team)
         return await self.get_team(team)
 
-    async def get_team(self, team: str) -> dict[str, Any]:
+    async def get_team(self, team: str) -> TeamView:
         raw = await self._client.hgetall(team_conf_key(self._store, check_team(team)))
         keys = await self._client.scard(self._team_keys(team))
         if not raw and not keys:
             raise NotFound(f"No team named {team!r}.", code="team_not_found")
         fields = {k.decode(): v.decode() for k, v in raw.items()}
-        return {"object": "team", "team": team, "keys": int(keys),
-                "limits": limits_from_fields("team", fields).model_dump(),
-                "user_limits": limits_from_fields("user", fields).model_dump()}
+        return TeamView(team=team, keys=int(keys), limits=limits_from_fields("team", fields),
+                        user_limits=limits_from_fields("user", fields))

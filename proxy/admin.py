@@ -10,6 +10,7 @@ from aiohttp import web
 from proxy.accounts import KeyCreate, KeyPatch, TeamConfig, key_view
 from proxy.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from proxy.handlers import GATEWAY, json_response, read_model
+from proxy.schema import CreatedKey, KeyList, RevokedKey
 from proxy.store import STORE_ERRORS
 from proxy.usage import UsageFilter, parse_range
 
@@ -39,13 +40,13 @@ def admin_only(handler: Handler) -> Handler:
 @admin_only
 async def create_key(request: web.Request) -> web.Response:
     record, secret = await request.app[GATEWAY].accounts.create_key(await read_model(request, KeyCreate))
-    return json_response({**key_view(record), "key": secret}, status=201)
+    return json_response(CreatedKey(**key_view(record).model_dump(), key=secret), status=201)
 
 
 @admin_only
 async def list_keys(request: web.Request) -> web.Response:
     records = await request.app[GATEWAY].accounts.list_keys(request.query.get("team") or None)
-    return json_response({"object": "list", "data": [key_view(r) for r in records]})
+    return json_response(KeyList(data=[key_view(r) for r in records]))
 
 
 @admin_only
@@ -63,7 +64,7 @@ async def patch_key(request: web.Request) -> web.Response:
 @admin_only
 async def revoke_key(request: web.Request) -> web.Response:
     record = await request.app[GATEWAY].accounts.revoke_key(request.match_info["key_id"])
-    return json_response({**key_view(record), "deleted": True})
+    return json_response(RevokedKey(**key_view(record).model_dump()))
 
 
 @admin_only
@@ -79,11 +80,11 @@ async def get_team(request: web.Request) -> web.Response:
 
 @admin_only
 async def usage(request: web.Request) -> web.Response:
-    q = request.query
-    first, last = parse_range(q.get("start"), q.get("end"))
+    q, usage = request.query, request.app[GATEWAY].usage
+    first, last = parse_range(q.get("start"), q.get("end"), await usage.today())
     where = UsageFilter(team=q.get("team") or None, key=q.get("key") or None,
                         user=q.get("user") or None, model=q.get("model") or None)
-    return json_response(await request.app[GATEWAY].usage.query(where, first, last))
+    return json_response(await usage.query(where, first, last))
 
 
 def setup_admin_routes(app: web.Application) -> None:

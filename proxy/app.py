@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from proxy.admin import setup_admin_routes
@@ -20,8 +21,9 @@ from proxy.errors import (
     error_body,
 )
 from proxy.gateway import Gateway
-from proxy.handlers import GATEWAY, JSON, metrics_handler, setup_routes
+from proxy.handlers import GATEWAY, JSON, OPENAPI, metrics_handler, setup_routes
 from proxy.observe import EXCHANGE, REQUEST_ID, Exchange
+from proxy.openapi import build_document
 from proxy.settings import Settings
 from proxy.tracing import NO_SPAN, Tracing
 
@@ -114,7 +116,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, tracing: Tracing | None = None) -> web.Application:
     """`tracing`: by default what `settings.tracing` asks for."""
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[observed, openai_errors])
-    app[GATEWAY] = Gateway(settings, tracing)
+    app[GATEWAY] = gateway = Gateway(settings, tracing)
+    app[OPENAPI] = orjson.dumps(build_document(gateway.router.model_ids(), gateway.auth.enabled))
     app.cleanup_ctx.append(_gateway_ctx)
     setup_routes(app)
     setup_admin_routes(app)

@@ -57,7 +57,7 @@ class KeyRecord(BaseModel):
     created_at: int
     redacted: str
 
-    def expired(self, now: float) -> bool:
+    def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
 
@@ -151,7 +151,7 @@ class Authenticator:
         record = await self._lookup(digest)
         if record is None:
             raise _incorrect(token)
-        if record.expired(time.time()):
+        if record.is_expired(time.time()):
             raise AuthenticationFailed(f"The API key {redact(token)} has expired.")
         return Principal.of(record, record.id)
 

@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.batches import BatchCreate
 from proxy.errors import InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from proxy.files import DEFAULT_PAGE, MAX_PAGE
 from proxy.handlers import GATEWAY, authenticate, json_response, read_model
+from proxy.schema import BatchList, BatchObject, FileDeleted, FileList, FileObject
 from proxy.store import STORE_ERRORS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,14 +56,8 @@ async def _read_part(part: BodyPartReader, max_bytes: int) -> bytes:
     return bytes(data)
 
 
-@store_backed
-async def upload_file(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    principal = await authenticate(request)
-    if not request.content_type.startswith("multipart/"):
-        raise UnsupportedMediaType("Upload files as multipart/form-data with the fields 'file' and 'purpose'.",
-                                   param="Content-Type")
-    settings = gw.settings.files
+async def _read_form(request: web.Request, max_bytes: int) -> tuple[str | None, str | None, bytes | None]:
+    """The `purpose` and `file` fields of a multipart upload (other fields are ignored)."""
     purpose = filename = data = None
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
@@ -71,7 +67,23 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
             purpose = (await part.text()).strip()
         elif part.name == "file":
             filename = part.filename or "upload.jsonl"
-            data = await _read_part(part, settings.max_bytes)
+            data = await _read_part(part, max_bytes)
+    return purpose, filename, data
+
+
+@store_backed
+async def upload_file(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    principal = await authenticate(request)
+    if not request.content_type.startswith("multipart/"):
+        raise UnsupportedMediaType("Upload files as multipart/form-data with the fields 'file' and 'purpose'.",
+                                   param="Content-Type")
+    settings = gw.settings.files
+    try:
+        purpose, filename, data = await _read_form(request, settings.max_bytes)
+    except (ValueError, AssertionError, HttpProcessingError) as err:  # aiohttp's ways of saying "not multipart"
+        raise InvalidRequest("The multipart/form-data body could not be read; send the fields 'file' and "
+                             "'purpose'.", param="file", code="invalid_multipart") from err
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}: this gateway keeps files for "
                              f"the Batch API only; got {purpose!r}.", param="purpose", code="invalid_value")
@@ -82,7 +94,7 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest(f"The file has {lines} lines; the limit is {settings.max_lines} (files.max_lines).",
                              param="file", code="too_many_lines")
     record = await gw.files.create(principal.team if principal else None, filename, purpose, data)
-    return json_response(record.view())
+    return json_response(FileObject.model_validate(record.view()))
 
 
 @store_backed
@@ -92,15 +104,16 @@ async def list_files(request: web.Request) -> web.StreamResponse:
     order = request.query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}.", param="order", code="invalid_value")
-    return json_response(await gw.files.page(principal, request.query.get("after"), _limit(request, MAX_PAGE),
-                                             order == "desc", request.query.get("purpose")))
+    found = await gw.files.page(principal, request.query.get("after"), _limit(request, MAX_PAGE),
+                                order == "desc", request.query.get("purpose"))
+    return json_response(FileList.model_validate(found))
 
 
 @store_backed
 async def get_file(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     record = await gw.files.get(await authenticate(request), request.match_info["file_id"])
-    return json_response(record.view())
+    return json_response(FileObject.model_validate(record.view()))
 
 
 @store_backed
@@ -115,7 +128,7 @@ async def delete_file(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     record = await gw.files.get(await authenticate(request), request.match_info["file_id"])
     await gw.files.delete(record)
-    return json_response({"id": record.id, "object": "file", "deleted": True})
+    return json_response(FileDeleted(id=record.id, deleted=True))
 
 
 @store_backed
@@ -123,14 +136,14 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     principal = await authenticate(request)
     state = await gw.batches.create(principal, await read_model(request, BatchCreate))
-    return json_response(state.view())
+    return json_response(BatchObject.model_validate(state.view()))
 
 
 @store_backed
 async def get_batch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     state = await gw.batches.get(await authenticate(request), request.match_info["batch_id"])
-    return json_response(state.view())
+    return json_response(BatchObject.model_validate(state.view()))
 
 
 @store_backed
@@ -138,14 +151,14 @@ async def list_batches(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     principal = await authenticate(request)
     found = await gw.batches.page(principal, request.query.get("after"), _limit(request, DEFAULT_PAGE))
-    return json_response(found)
+    return json_response(BatchList.model_validate(found))
 
 
 @store_backed
 async def cancel_batch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     state = await gw.batches.cancel(await authenticate(request), request.match_info["batch_id"])
-    return json_response(state.view())
+    return json_response(BatchObject.model_validate(state.view()))
 
 
 def setup_batch_routes(app: web.Application) -> None:

@@ -85,5 +85,5 @@ async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Seque
         # Give back what was charged for those inputs (the gateway's count), not what the cache recorded.
         await gw.quotas.refund(charge, sum(counted.tokens[i] for i in served.hits))
     await gw.usage.record(principal, user, route.entry.name, tokens=served.prompt_tokens,
-                          requests=requests, cache_hits=served.cache_hits)
+                          requests=requests, cache_hits=served.cache_hits, at=charge.charged_at)
     return served

@@ -1,6 +1,6 @@
 """One error family for the whole gateway, rendered in one place in OpenAI's shape.
 
-Every failure a client can see is a `GatewayError`; `render_error` is the only
+Every failure a client can see is a `GatewayError`; `error_body` is the only
 place that turns one into `{"error": {"message", "type", "param", "code"}}`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
+from pydantic import BaseModel, Field
 
 
 class GatewayError(Exception):
@@ -125,7 +126,21 @@ class InternalError(GatewayError):
     default_code = "internal_error"
 
 
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, for a person to read.")
+    type: str = Field(description="The error family, e.g. `invalid_request_error`, `rate_limit_error`.")
+    param: str | None = Field(description="The request field at fault (`input[3]`), if any.")
+    code: str | None = Field(description="A stable, machine-readable code, e.g. `model_not_found`.")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: every failure a client can see has this body."""
+
+    error: ErrorDetail
+
+
 def error_object(err: GatewayError) -> dict[str, object]:
+    """`ErrorResponse` as a plain dict: every error leaves through here, so it skips model validation."""
     return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
 
 

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from proxy.auth import Principal, authorize_model
 from proxy.cache import CacheControl
@@ -17,18 +17,23 @@ from proxy.errors import AuthenticationFailed, GatewayError, InvalidRequest, Pay
 from proxy.gateway import Gateway
 from proxy.metrics import NO_TEAM, OTHER, Metrics
 from proxy.observe import EXCHANGE
+from proxy.quota import with_rate_limit_headers
 from proxy.request import parse_embedding_request
 from proxy.routing import metric_label
+from proxy.schema import Health, ModelList, ModelObject, Readiness, parse_body
 from proxy.settings import MetricsSettings
 
 GATEWAY = web.AppKey("gateway", Gateway)
+OPENAPI = web.AppKey("openapi", bytes)  # the document, rendered once at start-up
 
 JSON = "application/json"
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+def json_response(data: BaseModel | object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer: a model of proxy/schema.py (what GET /openapi.json publishes), or plain data."""
+    body = data.model_dump_json().encode() if isinstance(data, BaseModel) else orjson.dumps(data)
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
 
 
 async def read_json_body(request: web.Request) -> bytes:
@@ -46,14 +51,7 @@ async def read_json_body(request: web.Request) -> bytes:
 
 async def read_model(request: web.Request, model: type[Body]) -> Body:
     """A JSON body validated by a pydantic model; what is wrong with it is a 400 naming the field."""
-    try:
-        return model.model_validate(orjson.loads(await read_json_body(request) or b"{}"))
-    except orjson.JSONDecodeError as err:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from err
-    except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"]) or None
-        raise InvalidRequest(f"{where or 'body'}: {problem['msg']}", param=where) from err
+    return parse_body(await read_json_body(request) or b"{}", model)
 
 
 async def authenticate(request: web.Request) -> Principal | None:
@@ -80,26 +78,25 @@ async def embeddings(request: web.Request) -> web.Response:
         cache_control = CacheControl.parse(request.headers.get("Cache-Control"))
         result = await create_embeddings(gw, parsed, cache_control, principal)
     except GatewayError as err:
-        if principal is not None and "x-ratelimit-limit-requests" not in err.headers:
-            err.headers.update(await gw.quotas.headers(principal, parsed.user if parsed else None))
+        if principal is not None:
+            if "x-ratelimit-limit-requests" not in err.headers:
+                err.headers.update(await gw.quotas.headers(principal, parsed.user if parsed else None))
+            err.headers = with_rate_limit_headers(err.headers)
         raise
     finally:
         gw.metrics.inflight.dec()
     exchange.tokens, exchange.inputs = result.tokens, result.inputs
     exchange.cache, exchange.deployment = result.cache, result.deployment
     exchange.upstream_seconds = result.upstream_seconds
-    return web.Response(body=result.body, content_type=JSON, headers=result.headers)
-
-
-def _model_object(model_id: str) -> dict[str, object]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": "embedgate"}
+    headers = result.headers if principal is None else with_rate_limit_headers(result.headers)
+    return web.Response(body=result.body, content_type=JSON, headers=headers)
 
 
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     principal = await authenticate(request)
     ids = [m for m in gw.router.model_ids() if principal is None or principal.allows(m)]
-    return json_response({"object": "list", "data": [_model_object(m) for m in ids]})
+    return json_response(ModelList(data=[ModelObject(id=m) for m in ids]))
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -108,18 +105,18 @@ async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model_id"]
     route = gw.router.resolve(model_id)  # 404 model_not_found when nothing serves it
     authorize_model(principal, model_id, route.entry)
-    return json_response(_model_object(model_id))
+    return json_response(ModelObject(id=model_id))
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Health())
 
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[GATEWAY].ready()
     ready = all(checks.values())
     status = "ready" if ready else "draining" if not checks["accepting"] else "not ready"
-    return json_response({"status": status, "checks": checks}, status=200 if ready else 503)
+    return json_response(Readiness(status=status, checks=checks), status=200 if ready else 503)
 
 
 def metrics_handler(metrics: Metrics, settings: MetricsSettings) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -138,6 +135,10 @@ def metrics_handler(metrics: Metrics, settings: MetricsSettings) -> Callable[[we
     return handler
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type=JSON)
+
+
 def setup_routes(app: web.Application) -> None:
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/embeddings", embeddings)
@@ -148,3 +149,4 @@ def setup_routes(app: web.Application) -> None:
     gateway = app[GATEWAY]
     if gateway.settings.metrics.port is None:  # else on its own port (proxy/serve.py)
         app.router.add_get("/metrics", metrics_handler(gateway.metrics, gateway.settings.metrics))
+    app.router.add_get("/openapi.json", openapi)

@@ -272,3 +272,19 @@ def _rejection(principal: Principal, user: str | None, tokens: int, verdict: Ver
                            f"Please try again in {format_reset(wait_ms)}.", headers=retry)
     return QuotaExceeded(f"You exceeded your quota of {_DESCRIBE[kind]} on {where}: limit {limit}. "
                          f"It resets in {format_reset(wait_ms)}.", headers=retry)
+
+
+# What a rate-limit pair says where no limit applies (none set, the master key, or the store down under
+# on_error: allow): numeric, so clients that parse the headers keep working, and exact in every JSON/JS client.
+UNLIMITED = 2**53 - 1
+
+
+def with_rate_limit_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with both of OpenAI's pairs, as OpenAI always sends them: a pair that no limit
+    applies to reads limit = remaining = UNLIMITED, reset 0s."""
+    out = dict(headers)
+    for name in ("requests", "tokens"):
+        if f"x-ratelimit-limit-{name}" not in out:
+            out |= {f"x-ratelimit-limit-{name}": str(UNLIMITED), f"x-ratelimit-remaining-{name}": str(UNLIMITED),
+                    f"x-ratelimit-reset-{name}": "0s"}
+    return out

@@ -3,25 +3,30 @@
 One hash per team and day, `{p}:{t:<team>}:usage:<YYYYMMDD>`, whose fields are JSON
 `[counter, key_id, user, model]`; written with one pipeline after a request, kept
 `USAGE_DAYS` days, read back and summed by `GET /admin/usage`.
+
+The day is the store's (Redis `TIME`), the clock the quota scripts count days and months on, so a
+request's usage and its charge fall on the same day whatever the replica's own clock says.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import orjson
 
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest
 from proxy.ledger import Ledger
+from proxy.schema import UsageCounts, UsageDay, UsageFilters, UsageReport
 from proxy.store import STORE_ERRORS, Outages, Store
 
 COUNTERS = ("requests", "tokens", "cache_hits")
 USAGE_DAYS = 400
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,21 +41,31 @@ class UsageFilter:
                 and (self.model is None or self.model == model))
 
 
-def utc_today() -> date:
-    return datetime.now(UTC).date()
+def utc_day(epoch_seconds: int) -> date:
+    return datetime.fromtimestamp(epoch_seconds, UTC).date()
 
 
-def parse_range(start: str | None, end: str | None) -> tuple[date, date]:
-    """`start`/`end` as YYYY-MM-DD, both inclusive; by default the last 30 days."""
+def _day(value: str | None, param: str) -> date | None:
+    """A `YYYY-MM-DD` query value (RFC 3339's full-date, what the document promises); None when absent."""
+    if value is None:
+        return None
+    if not _ISO_DAY.fullmatch(value):
+        raise InvalidRequest(f"'{param}' must be a date like 2024-05-31, got {value!r}.", param=param,
+                             code="invalid_value")
     try:
-        last = date.fromisoformat(end) if end else utc_today()
-        first = date.fromisoformat(start) if start else last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+        return date.fromisoformat(value)
     except ValueError as err:
-        raise InvalidRequest(f"start and end must be dates like 2024-05-31: {err}", param="start") from err
+        raise InvalidRequest(f"'{param}' is not a date: {err}.", param=param, code="invalid_value") from err
+
+
+def parse_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
+    """`start`/`end` as YYYY-MM-DD, both inclusive; by default the 30 days up to `today`."""
+    last = _day(end, "end") or today
+    first = _day(start, "start") or last - timedelta(days=DEFAULT_RANGE_DAYS - 1)
     if first > last:
-        raise InvalidRequest("start is after end.", param="start")
+        raise InvalidRequest("start is after end.", param="start", code="invalid_value")
     if (last - first).days >= MAX_RANGE_DAYS:
-        raise InvalidRequest(f"The range may span at most {MAX_RANGE_DAYS} days.", param="start")
+        raise InvalidRequest(f"The range may span at most {MAX_RANGE_DAYS} days.", param="start", code="invalid_value")
     return first, last
 
 
@@ -63,12 +78,18 @@ class Usage:
     def _day_key(self, team: str, day: date) -> str:
         return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
 
+    async def today(self) -> date:
+        """The store's UTC day (Redis `TIME`)."""
+        seconds, _ = await self._store.client.time()
+        return utc_day(int(seconds))
+
     async def record(self, principal: Principal | None, user: str | None, model: str, *,
-                     tokens: int, requests: int = 1, cache_hits: int = 0) -> None:
-        """Add one request's usage. A store failure is counted and logged, never raised."""
+                     tokens: int, requests: int = 1, cache_hits: int = 0, at: int | None = None) -> None:
+        """Add one request's usage on the store's day of `at` (Redis TIME seconds, such as the quota
+        charge's), or of now when not given. A store failure is counted and logged, never raised."""
         if principal is None or principal.team is None:
             return
-        key = self._day_key(principal.team, utc_today())
+        key = self._day_key(principal.team, await self._day(at))
         fields = [([counter, principal.key_id, user or "", model], amount)
                   for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits))
                   if amount]
@@ -86,7 +107,19 @@ class Usage:
             # could count this request twice.
             self._ledger.add_usage(principal.team, key, fields, USAGE_DAYS * 86400)
 
-    async def query(self, where: UsageFilter, first: date, last: date) -> dict[str, Any]:
+    async def _day(self, at: int | None) -> date:
+        """The store's UTC day of `at` (Redis TIME seconds), or of now; the process's own day only while
+        the store does not answer (the only clock there is then)."""
+        if at is not None:
+            return utc_day(at)
+        if not self._outages.down:
+            try:
+                return await self.today()
+            except STORE_ERRORS as err:
+                self._outages.failed("usage", err)
+        return datetime.now(UTC).date()
+
+    async def query(self, where: UsageFilter, first: date, last: date) -> UsageReport:
         if where.team:
             teams = [where.team]
         else:
@@ -105,9 +138,8 @@ class Usage:
                 if where.matches(key_id, user, model):
                     sums[counter] += int(value)
         total = {counter: sum(sums[counter] for sums in per_day.values()) for counter in COUNTERS}
-        return {
-            "object": "usage", "start": first.isoformat(), "end": last.isoformat(),
-            "filters": {"team": where.team, "key": where.key, "user": where.user, "model": where.model},
-            "data": [{"date": day.isoformat(), **sums} for day, sums in per_day.items()],
-            "total": total,
-        }
+        return UsageReport(
+            start=first, end=last,
+            filters=UsageFilters(team=where.team, key=where.key, user=where.user, model=where.model),
+            data=[UsageDay(date=day, **sums) for day, sums in per_day.items()], total=UsageCounts(**total),
+        )

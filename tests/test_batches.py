@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -234,3 +235,15 @@ def test_a_replica_killed_mid_batch_loses_nothing(fake_openai: FakeOpenAI, redis
     assert (done.request_counts.completed, done.request_counts.failed) == (400, 0)
     assert sorted(item["custom_id"] for item in output) == sorted(item["custom_id"] for item in items)
     check_output(output, {item["custom_id"]: item["body"]["input"] for item in items})
+
+
+def test_a_malformed_multipart_upload_is_a_400(gateway: ThreadedServer) -> None:
+    """Found by the contract fuzzer: a part header that is not valid HTTP made aiohttp raise, a 500."""
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="\xc3\x86\x0e"\r\n\r\nx\r\n--{boundary}--\r\n'
+            ).encode("latin-1")
+    for content_type in (f"multipart/form-data; boundary={boundary}", "multipart/form-data"):
+        resp = httpx.post(gateway.url + "/v1/files", content=body, headers={
+            "Content-Type": content_type, "Authorization": f"Bearer {create_key(gateway.url)['key']}"})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "invalid_multipart"

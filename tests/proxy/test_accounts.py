@@ -36,7 +36,7 @@ def test_keys_are_stored_by_hash_and_revoked_everywhere(store_settings: StoreSet
         assert await s.accounts.list_keys("search") == []
 
         team = await s.accounts.put_team("search", TeamConfig(user_limits=Limits(tpm=7)))
-        assert team["user_limits"]["tpm"] == 7 and team["limits"]["tpm"] is None
+        assert team.user_limits.tpm == 7 and team.limits.tpm is None
     asyncio.run(with_services(store_settings, body))
 
 
@@ -50,8 +50,7 @@ def test_usage_is_summed_per_day_with_filters(store_settings: StoreSettings) -> 
         today = datetime.now(UTC).date()
 
         async def total(**where: str) -> dict[str, int]:
-            result = await s.usage.query(UsageFilter(**where), today, today)
-            return result["total"]  # type: ignore[no-any-return]
+            return (await s.usage.query(UsageFilter(**where), today, today)).total.model_dump()
 
         assert await total() == {"requests": 3, "tokens": 18, "cache_hits": 1}
         assert await total(team="search") == {"requests": 2, "tokens": 15, "cache_hits": 1}

@@ -16,12 +16,14 @@ from tests.conftest import running_gateway, start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import (
     MASTER_KEY,
+    NO_LIMIT_PAIR,
     TEN_TOKENS,
     admin,
     create_key,
     embed,
     error_code,
     put_team,
+    rate_limit_pair,
     ten_tokens,
 )
 from tests.support.servers import ThreadedServer
@@ -74,6 +76,17 @@ def test_bad_admin_bodies_are_400(gateway: ThreadedServer) -> None:
     assert admin(gateway.url, "GET", "/admin/teams/nobody").status_code == 404
 
 
+def test_expires_at_is_epoch_seconds_or_an_iso_time(gateway: ThreadedServer) -> None:
+    """Found by tests/test_contract.py: `"expires_at": "1"` made a key (pydantic reads digits as epoch
+    seconds), though the document says an integer or an ISO 8601 time."""
+    for value, expires_at in ((1893456000, 1893456000), ("2030-01-01T00:00:00Z", 1893456000),
+                              ("2030-01-01 01:00+01:00", 1893456000), ("2030-01-01T00:00:00", 1893456000)):
+        assert create_key(gateway.url, expires_at=value)["expires_at"] == expires_at, value
+    for value in ("1", "1893456000", "2030-01-01", "tomorrow", "2030-13-01T00:00:00"):
+        resp = admin(gateway.url, "POST", "/admin/keys", json={"team": "search", "expires_at": value})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "expires_at", (value, resp.text)
+
+
 def test_team_and_user_limits(gateway: ThreadedServer) -> None:
     team = put_team(gateway.url, "search", limits={"rpm": 100}, user_limits={"rpm": 1})
     assert team["limits"]["rpm"] == 100 and team["user_limits"]["rpm"] == 1
@@ -111,6 +124,19 @@ def test_refused_requests_count_against_the_team_rpm(gateway: ThreadedServer, fa
     assert fake_openai.received == []
 
 
+def test_both_rate_limit_pairs_are_always_sent(gateway: ThreadedServer) -> None:
+    """As OpenAI does: requests and tokens, on success and on errors; a pair with no limit says so."""
+    rpm_only = create_key(gateway.url, limits={"rpm": 10})["key"]
+    ok = embed(gateway.url, rpm_only, input=TEN_TOKENS)
+    assert ok.status_code == 200
+    assert rate_limit_pair(ok, "requests")[:2] == ("10", "9") and rate_limit_pair(ok, "tokens") == NO_LIMIT_PAIR
+    unlimited = create_key(gateway.url, team="free")["key"]
+    for resp, status in ((embed(gateway.url, unlimited, input=TEN_TOKENS), 200),
+                         (embed(gateway.url, unlimited, dimensions=0), 400)):
+        assert resp.status_code == status
+        assert rate_limit_pair(resp, "requests") == rate_limit_pair(resp, "tokens") == NO_LIMIT_PAIR
+
+
 def test_a_failed_backend_call_refunds_its_tokens(gateway: ThreadedServer, fake_openai: FakeOpenAI) -> None:
     key = create_key(gateway.url, limits={"tpm": 100})["key"]
     assert embed(gateway.url, key, input=TEN_TOKENS).headers["x-ratelimit-remaining-tokens"] == "90"
@@ -143,6 +169,15 @@ def test_usage_per_day_and_in_total(gateway: ThreadedServer) -> None:
     assert usage(model="ada")["total"]["requests"] == 1
     assert usage(key=b["id"])["total"]["requests"] == 1
     assert admin(gateway.url, "GET", "/admin/usage", params={"start": "2024-13-01"}).status_code == 400
+
+
+def test_usage_dates_are_full_dates(gateway: ThreadedServer) -> None:
+    """Found by tests/test_contract.py: `?start=` was served as if absent, though the document says a date."""
+    for query, param in (({"start": ""}, "start"), ({"end": ""}, "end"), ({"end": "20240531"}, "end"),
+                         ({"start": "2024-5-31"}, "start"), ({"end": "2024-02-30"}, "end")):
+        resp = admin(gateway.url, "GET", "/admin/usage", params=query)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (query, resp.text)
+        assert error_code(resp) == "invalid_value"
 
 
 def test_the_cli_drives_the_admin_api(gateway: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:

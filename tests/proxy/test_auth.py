@@ -14,7 +14,7 @@ from proxy.settings import AuthSettings, StoreSettings
 from proxy.store import Outages
 from tests.conftest import start_gateway, upstream_settings
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.admin import MASTER_KEY, admin, create_key, embed, error_code
+from tests.support.admin import MASTER_KEY, NO_LIMIT_PAIR, admin, create_key, embed, error_code, rate_limit_pair
 from tests.support.http import raw_request
 from tests.support.servers import ThreadedServer
 from tests.support.services import Services, with_services
@@ -101,14 +101,16 @@ def test_static_keys_raw_and_hashed(gateway: ThreadedServer) -> None:
 
 def test_the_master_key_may_call_v1_without_quotas(gateway: ThreadedServer) -> None:
     resp = embed(gateway.url, MASTER_KEY)
-    assert resp.status_code == 200 and "x-ratelimit-limit-requests" not in resp.headers
+    assert resp.status_code == 200
+    assert rate_limit_pair(resp, "requests") == rate_limit_pair(resp, "tokens") == NO_LIMIT_PAIR
 
 
 def test_with_no_keys_the_gateway_runs_open_and_says_so(fake_openai: FakeOpenAI,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     server = start_gateway(upstream_settings(fake_openai))
     try:
-        assert embed(server.url, None).status_code == 200
+        served = embed(server.url, None)
+        assert served.status_code == 200 and "x-ratelimit-limit-requests" not in served.headers  # no caller, no limits
         assert httpx.get(server.url + "/v1/models").status_code == 200
         admin_resp = admin(server.url, "GET", "/admin/keys")
         assert admin_resp.status_code == 403 and error_code(admin_resp) == "admin_disabled"

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from proxy.quota import UNLIMITED
+
 MASTER_KEY = "mk-test-master-key-0123456789"
 
 
@@ -42,3 +44,11 @@ def embed(url: str, key: str | None, model: str = "text-embedding-3-small", inpu
 
 def error_code(resp: httpx.Response) -> str | None:
     return resp.json()["error"]["code"]  # type: ignore[no-any-return]
+
+
+def rate_limit_pair(resp: httpx.Response, name: str) -> tuple[str, str, str]:
+    """(limit, remaining, reset) of the `requests` or `tokens` pair of rate-limit headers."""
+    return tuple(resp.headers[f"x-ratelimit-{part}-{name}"] for part in ("limit", "remaining", "reset"))  # type: ignore[return-value]
+
+
+NO_LIMIT_PAIR = (str(UNLIMITED), str(UNLIMITED), "0s")  # what a pair says where no limit applies
