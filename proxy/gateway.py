@@ -39,7 +39,8 @@ class Gateway:
         self.outages = Outages(self.metrics.store_errors)
         self.auth = Authenticator(settings.auth, self.store, self.outages)
         self.ledger = Ledger(self.store, settings.store.max_pending, settings.store.spill_dir)
-        self.quotas = Quotas(self.store, self.outages, self.ledger, rejected=self.metrics.rejected)
+        self.quotas = Quotas(self.store, self.outages, self.ledger, rejected=self.metrics.rejected,
+                             budget=self.metrics.budget)
         self.usage = Usage(self.store, self.outages, self.ledger)
         self.accounts = Accounts(self.store)
         self.cache_store = Store(settings.cache.store) if settings.cache.store is not None else self.store

@@ -116,6 +116,10 @@ class Metrics:
         self.circuit_open = Children(Gauge(
             "embedgate_circuit_open", "1 while a deployment's circuit breaker is open (in any worker)",
             ["deployment"], registry=own, multiprocess_mode="livemax"))
+        self.budget_used = Children(Gauge(
+            "embedgate_team_budget_used_ratio", "Share of a team's tokens_per_day budget used today, as of its "
+            "latest request (teams with such a budget only)", ["team"], registry=own,
+            multiprocess_mode="mostrecent"))
         self.store_errors = Children(Counter(
             "embedgate_store_errors", "Store operations that failed, by operation", ["operation"], registry=own))
         build = Gauge("embedgate_build_info", "The running embedgate's version (always 1)", ["version"],
@@ -161,6 +165,10 @@ class Metrics:
     def rejected(self, principal: Principal, limit: str) -> None:
         """A quota refused a request (429); `limit`: rpm, tpm, tokens_per_day or tokens_per_month."""
         self.ratelimit_rejections.labels(self.team(principal), limit).inc()
+
+    def budget(self, principal: Principal, used: float) -> None:
+        """A charge saw its team's day budget `used` (a share, over 1 once spent)."""
+        self.budget_used.labels(self.team(principal)).set(used)
 
     def observe_call(self, report: CallReport) -> None:
         self.upstream_requests.labels(report.provider, report.deployment, report.outcome).inc()

@@ -125,6 +125,8 @@ class Verdict(NamedTuple):
     too_big_level: str  # a token limit smaller than the request itself, which no wait can help
     too_big_kind: str
     too_big_limit: int
+    team_day_used: int  # the team's tokens_per_day budget after this call (-1: no such limit)
+    team_day_limit: int
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Verdict:
@@ -162,17 +164,19 @@ NOTHING = Charge()
 
 
 Rejected = Callable[[Principal, str], None]  # (caller, which limit: rpm, tpm, tokens_per_day, tokens_per_month)
+Budget = Callable[[Principal, float], None]  # (caller, share of its team's day budget used, 0..1+)
 
 
 class Quotas:
     def __init__(self, store: Store, outages: Outages, ledger: Ledger, clock: Callable[[], int] | None = None,
-                 rejected: Rejected | None = None) -> None:
+                 rejected: Rejected | None = None, budget: Budget | None = None) -> None:
         """`clock` (epoch milliseconds) is for tests only: in service the scripts read Redis TIME."""
         self._store = store
         self._outages = outages
         self._ledger = ledger
         self._clock = clock
         self._rejected = rejected
+        self._budget = budget
         self._deny_on_error = store.settings.on_error == "deny"
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
@@ -244,6 +248,8 @@ class Quotas:
             return Charge(tuple(keys), tokens, user is not None, missed_at=now, team=principal.team)
         self._outages.succeeded()
         headers = verdict.headers()
+        if self._budget is not None and verdict.team_day_limit > 0:
+            self._budget(principal, verdict.team_day_used / verdict.team_day_limit)
         if commit and verdict.ok != 1:
             error = _rejection(principal, user, tokens, verdict, headers)
             if self._rejected is not None and not verdict.too_big_level:

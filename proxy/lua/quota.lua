@@ -130,10 +130,16 @@ for _, s in ipairs(seen) do
   if best[1] < 0 or left < best[2] then best[1], best[2], best[3] = s[2], left, reset end
 end
 
+-- The team's day budget after this call, for the gauge an ops dashboard alerts on before it runs out.
+local team_day_limit = limit_of('team', 'tokens_per_day', 3) or -1
+local team_day_used = -1
+if team_day_limit >= 0 then team_day_used = tonumber(redis.call('HGET', KEYS[8], day) or '0') end
+
 local f = fail or {'', '', -1, -1}
 local t = too_big or {'', '', -1}
 return {'ok', charged and 1 or 0, 'charged_at', charged and now or -1,
         'failed_level', f[1], 'failed_kind', f[2], 'failed_limit', f[3], 'retry_after_ms', f[4],
         'req_limit', req[1], 'req_remaining', req[2], 'req_reset_ms', req[3],
         'tok_limit', tok[1], 'tok_remaining', tok[2], 'tok_reset_ms', tok[3],
-        'too_big_level', t[1], 'too_big_kind', t[2], 'too_big_limit', t[3]}
+        'too_big_level', t[1], 'too_big_kind', t[2], 'too_big_limit', t[3],
+        'team_day_used', team_day_used, 'team_day_limit', team_day_limit}

@@ -14,6 +14,7 @@ import yaml
 
 from tests.conftest import serving_openai, upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.admin import MASTER_KEY, put_team
 from tests.support.http import embed
 from tests.support.prometheus import (
     ALERT_RULES,
@@ -41,7 +42,7 @@ def traffic_config(fake: FakeOpenAI, redis: RedisServer) -> dict[str, Any]:
         fake,
         server={"drain_grace": 0},
         store={"url": redis.url, "prefix": f"t{secrets.token_hex(4)}"},
-        auth={"keys": [
+        auth={"master_key": MASTER_KEY, "keys": [
             {"key": KEYS["search"], "team": "search"},
             {"key": KEYS["ads"], "team": "ads", "limits": {"tokens_per_day": 6}},  # one 5-token request a day
             {"key": KEYS["ml"], "team": "ml", "limits": {"rpm": 2}},
@@ -84,6 +85,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
         gateway = GatewayProcess(config, port=port, args=("--workers", "2"))
         try:
             gateway.wait_ready(timeout=60)
+            put_team(gateway.url, "ads", limits={"tokens_per_day": 6})  # a team budget too: its gauge has a series
             prometheus.wait_for_total('sum(up{job="embedgate"})', 2)
             local_before = sum(series.value for series in prometheus.query(served_locally))
             first = send_round(gateway.url, fake, 1)
@@ -128,6 +130,7 @@ MAIN_PANELS = {  # panel title -> label values its series must include after the
     "Local batch size (p50 / p95, mean)": {},
     "Local queue depth by replica": {},
     "Store errors/s by operation": {},
+    "Daily budget used by team": {"team": {"ads"}},
 }
 
 

@@ -14,6 +14,7 @@ from proxy.auth import MASTER, Principal
 from proxy.metrics import MAX_TEAMS, Metrics
 from tests.conftest import running_gateway, upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.admin import MASTER_KEY, TEN_TOKENS, create_key, embed, put_team, ten_tokens
 from tests.support.http import embed_ok
 from tests.support.metrics import scrape, series, value
 from tests.support.servers import ThreadedServer
@@ -79,3 +80,17 @@ def test_one_log_line_per_request_only_when_its_level_is_on(fake_openai: FakeOpe
         fields = record.fields  # type: ignore[attr-defined]
         assert fields["request_id"] == "rid-42" and fields["status"] == 200 and fields["cache"] == "miss"
         assert "logged" not in str(fields)
+
+
+def test_the_team_budget_gauge_follows_its_tokens_per_day(fake_openai: FakeOpenAI) -> None:
+    with running_gateway(upstream_config(fake_openai, auth={"master_key": MASTER_KEY})) as gateway:
+        put_team(gateway.url, "search", limits={"tokens_per_day": 40})
+        put_team(gateway.url, "free")  # no day budget: no series
+        key, free = create_key(gateway.url)["key"], create_key(gateway.url, team="free")["key"]
+        for seed in range(3):
+            assert embed(gateway.url, key, input=ten_tokens(seed)).status_code == 200
+        assert embed(gateway.url, free, input=TEN_TOKENS).status_code == 200
+        samples = scrape(gateway.url)
+    assert value(samples, "embedgate_team_budget_used_ratio", team="search") == pytest.approx(30 / 40)
+    assert not [labels for name, labels in samples if name == "embedgate_team_budget_used_ratio"
+                and ("team", "free") in labels]
