@@ -1,0 +1,188 @@
+"""Queued inputs → forward passes within a token and size budget, run on the model's own thread.
+
+Concurrent requests join the same pass. Inputs are taken in rounds: a round is everything queued when
+the previous one ran out, sorted by length so a pass pads little; inputs that arrive meanwhile wait for
+the next round (no starvation), except to top up the round's last pass. A request whose caller went away
+(its future cancelled or timed out) is dropped from the queue before its pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from providers.base import ErrorKind, ProviderError, Vectors, bad_response
+
+P = TypeVar("P")  # what the model reads for one input (token ids, or the text)
+
+
+@dataclass(frozen=True, slots=True)
+class PassStats:
+    inputs: int
+    tokens: int  # real tokens
+    padded_tokens: int  # inputs times the longest: what the model computes
+
+
+@dataclass(eq=False, slots=True)
+class _Request(Generic[P]):
+    payloads: Sequence[P]
+    future: asyncio.Future[Vectors] = field(repr=False)
+    waiting: int  # inputs not yet taken into a pass
+    pending: int  # inputs without a vector yet
+    rows: Vectors | None = None
+    dropped: bool = False
+
+
+@dataclass(slots=True)
+class _Item(Generic[P]):
+    request: _Request[P]
+    index: int
+    length: int
+
+
+class Batcher(Generic[P]):
+    """Feeds `forward` (payloads of one pass → one row each) on `executor`, one pass at a time."""
+
+    def __init__(self, forward: Callable[[list[P]], Vectors], executor: Executor, *, max_batch_tokens: int,
+                 max_batch_size: int, max_wait: float, max_queued: int) -> None:
+        self._forward = forward
+        self._executor = executor
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.max_queued = max_queued
+        self.queued_inputs = 0  # waiting for a pass (the 503 bound)
+        self.encoding_inputs = 0  # in the pass under way (0 when idle)
+        self.passes = 0  # forward passes started
+        self.on_pass: Callable[[PassStats], None] | None = None  # e.g. the gateway's metrics
+        self._queue: list[_Item[P]] = []  # arrived since the round began
+        self._round: list[_Item[P]] = []  # longest first: a pass takes from the end
+        self._dead = 0  # items of dropped requests still in the lists
+        self._in_pass: list[_Item[P]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._serve(), name="embedgate-local-batcher")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def submit(self, payloads: Sequence[P], lengths: Sequence[int]) -> asyncio.Future[Vectors]:
+        """A future of the rows for `payloads` (`lengths`: model tokens of each); cancel it to drop them."""
+        if self.queued_inputs + len(payloads) > self.max_queued:
+            raise ProviderError(ErrorKind.OVERLOADED, "local model queue is full", retry_after=1.0)
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        request = _Request(payloads, future, waiting=len(payloads), pending=len(payloads))
+        if not payloads:
+            future.set_result(np.zeros((0, 0), dtype=np.float32))
+            return future
+        future.add_done_callback(lambda _: self._drop(request))
+        self._queue.extend(_Item(request, i, max(1, n)) for i, n in enumerate(lengths))
+        self.queued_inputs += len(payloads)
+        self._wake.set()
+        return future
+
+    def _drop(self, request: _Request[P]) -> None:
+        request.dropped = True
+        self.queued_inputs -= request.waiting
+        self._dead += request.waiting
+        request.waiting = 0
+
+    def _next_pass(self) -> list[_Item[P]]:
+        if self._dead > self.queued_inputs:  # mostly dead: sweep, so dropped requests hold no memory
+            self._queue = [item for item in self._queue if not item.request.dropped]
+            self._round = [item for item in self._round if not item.request.dropped]
+            self._dead = 0
+        chosen: list[_Item[P]] = []
+        width = 0
+        while len(chosen) < self.max_batch_size:
+            if not self._round:
+                if not self._queue:
+                    break
+                self._round, self._queue = sorted(self._queue, key=lambda item: -item.length), []
+            item = self._round[-1]
+            if item.request.dropped:
+                self._round.pop()
+                self._dead = max(0, self._dead - 1)
+                continue
+            wider = max(width, item.length)
+            if chosen and (len(chosen) + 1) * wider > self.max_batch_tokens:
+                break  # a single input longer than the budget still goes, alone
+            self._round.pop()
+            chosen.append(item)
+            width = wider
+            item.request.waiting -= 1
+        self.queued_inputs -= len(chosen)
+        return chosen
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queued_inputs:
+                self._wake.clear()
+                await self._wake.wait()
+                # The model was idle: give requests sent at the same moment a chance to join this pass.
+                if self.max_wait > 0 and self.queued_inputs < self.max_batch_size:
+                    await asyncio.sleep(self.max_wait)
+            items = self._next_pass()
+            if not items:
+                continue
+            stats = PassStats(len(items), sum(i.length for i in items), len(items) * max(i.length for i in items))
+            self.passes += 1
+            self.encoding_inputs = len(items)
+            if self.on_pass is not None:
+                self.on_pass(stats)
+            self._in_pass = items
+            try:
+                vectors = await loop.run_in_executor(
+                    self._executor, self._forward, [i.request.payloads[i.index] for i in items])
+            except Exception as err:  # the model failed: every request in the pass learns why
+                self._fail(items, ProviderError(ErrorKind.UNAVAILABLE,
+                                                f"local model failed: {type(err).__name__}: {err}"))
+                continue
+            finally:
+                self.encoding_inputs = 0
+                self._in_pass = []
+            if vectors.ndim != 2 or vectors.shape[0] != len(items):
+                self._fail(items, bad_response(f"local model returned {vectors.shape[0] if vectors.ndim else 0} "
+                                               f"embeddings for {len(items)} inputs"))
+                continue
+            self._deliver(items, vectors)
+
+    @staticmethod
+    def _fail(items: list[_Item[P]], error: ProviderError) -> None:
+        for item in items:
+            if not item.request.future.done():
+                item.request.future.set_exception(error)
+
+    @staticmethod
+    def _deliver(items: list[_Item[P]], vectors: Vectors) -> None:
+        for item, row in zip(items, vectors, strict=True):
+            request = item.request
+            if request.future.done():  # gone, timed out, or failed in another pass
+                continue
+            if request.rows is None:
+                request.rows = np.empty((len(request.payloads), vectors.shape[1]), dtype=np.float32)
+            request.rows[item.index] = row
+            request.pending -= 1
+            if not request.pending:
+                request.future.set_result(request.rows)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for item in self._queue + self._round + self._in_pass:
+            if not item.request.future.done():
+                item.request.future.cancel()
