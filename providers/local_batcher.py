@@ -106,7 +106,8 @@ class Batcher(Generic[P]):
             if not self._round:
                 if not self._queue:
                     break
-                self._round, self._queue = sorted(self._queue, key=lambda item: -item.length), []
+                # Longest first, and among equals the latest first: passes take the shortest, oldest from the end.
+                self._round, self._queue = sorted(reversed(self._queue), key=lambda item: -item.length), []
             item = self._round[-1]
             if item.request.dropped:
                 self._round.pop()
@@ -125,14 +126,13 @@ class Batcher(Generic[P]):
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self.queued_inputs:
+            items = self._next_pass()
+            if not items:
                 self._wake.clear()
                 await self._wake.wait()
                 # The model was idle: give requests sent at the same moment a chance to join this pass.
                 if self.max_wait > 0 and self.queued_inputs < self.max_batch_size:
                     await asyncio.sleep(self.max_wait)
-            items = self._next_pass()
-            if not items:
                 continue
             stats = PassStats(len(items), sum(i.length for i in items), len(items) * max(i.length for i in items))
             self.passes += 1
