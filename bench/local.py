@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus = texts(args.texts + args.sequential, seed=7)
     concurrent_texts, sequential_texts = corpus[: args.texts], corpus[args.texts:]
     deployment: dict[str, Any] = {"name": MODEL, "provider": "local", "device": args.device}
+    if args.torch_threads:
+        deployment["torch_threads"] = args.torch_threads
     config = {"server": {"drain_grace": 0}, "store": {"url": "memory://"}, "cache": {"enabled": False},
               "models": [deployment]}
     with tempfile.TemporaryDirectory(prefix="embedgate-bench-local-") as tmp, \
@@ -156,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "texts": {"concurrent": len(concurrent_texts), "sequential": len(sequential_texts)},
         "clients": args.clients,
+        "gateway_torch_threads": args.torch_threads or "default (cpus - 1)",
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": cpus(),
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "texts_per_s": {
@@ -190,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, default=256, help="texts sent one at a time")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--torch-threads", type=int, default=None, help="the gateway's; default: its own (cpus - 1)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the model to load")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = run(args)
-    print(f"{MODEL} on {args.device}, {cpus()} cpus, load average {report['machine']['load_average']}")
+    print(f"{MODEL} on {args.device}, {cpus()} cpus, gateway torch threads {report['gateway_torch_threads']}, "
+          f"load average {report['machine']['load_average']}")
     print(table(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -40,6 +40,9 @@ from providers.tokenizers import Tokenizer
 MAX_QUEUED_INPUTS = 32_768  # beyond this, refuse (503) rather than queue without bound
 OFF_LOOP_CHARS = 64_000  # texts the gateway did not count (prefixed, decoded) are tokenized off the loop past this
 CACHED_TOKENS = 1 << 20  # token ids kept between the gateway's count and the forward pass
+# Passes this big are efficient, so a pass may end there rather than pad to a much longer input.
+CPU_MIN_BATCH = 8
+GPU_MIN_BATCH = 64
 WARM_UP_TEXTS = ("warm-up", "A warm-up pass before the gateway reports ready.")
 
 
@@ -280,7 +283,8 @@ class LocalProvider:
         options = self.options
         self.batcher = Batcher(model.forward, self._executor, max_batch_tokens=options.max_batch_tokens,
                                max_batch_size=options.max_batch_size, max_wait=options.max_batch_wait,
-                               max_queued=MAX_QUEUED_INPUTS)
+                               max_queued=MAX_QUEUED_INPUTS,
+                               min_batch_size=CPU_MIN_BATCH if model.device == "cpu" else GPU_MIN_BATCH)
         self.batcher.start()
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:

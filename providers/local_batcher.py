@@ -19,6 +19,7 @@ import numpy as np
 from providers.base import ErrorKind, ProviderError, Vectors, bad_response
 
 P = TypeVar("P")  # what the model reads for one input (token ids, or the text)
+PADDING_SLACK = 1.15  # padded tokens over real tokens a pass of min_batch_size inputs may grow to
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +50,14 @@ class Batcher(Generic[P]):
     """Feeds `forward` (payloads of one pass → one row each) on `executor`, one pass at a time."""
 
     def __init__(self, forward: Callable[[list[P]], Vectors], executor: Executor, *, max_batch_tokens: int,
-                 max_batch_size: int, max_wait: float, max_queued: int) -> None:
+                 max_batch_size: int, max_wait: float, max_queued: int, min_batch_size: int = 1) -> None:
         self._forward = forward
         self._executor = executor
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        # Past this many inputs a pass also ends where the next would make it pad more than PADDING_SLACK:
+        # on a CPU a few short passes cost less than one padded to its longest input.
+        self.min_batch_size = min_batch_size
         self.max_wait = max_wait
         self.max_queued = max_queued
         self.queued_inputs = 0  # waiting for a pass (the 503 bound)
@@ -101,7 +105,7 @@ class Batcher(Generic[P]):
             self._round = [item for item in self._round if not item.request.dropped]
             self._dead = 0
         chosen: list[_Item[P]] = []
-        width = 0
+        width = tokens = 0
         while len(chosen) < self.max_batch_size:
             if not self._round:
                 if not self._queue:
@@ -114,11 +118,14 @@ class Batcher(Generic[P]):
                 self._dead = max(0, self._dead - 1)
                 continue
             wider = max(width, item.length)
-            if chosen and (len(chosen) + 1) * wider > self.max_batch_tokens:
+            padded = (len(chosen) + 1) * wider
+            if chosen and padded > self.max_batch_tokens:
                 break  # a single input longer than the budget still goes, alone
+            if len(chosen) >= self.min_batch_size and padded > PADDING_SLACK * (tokens + item.length):
+                break
             self._round.pop()
             chosen.append(item)
-            width = wider
+            width, tokens = wider, tokens + item.length
             item.request.waiting -= 1
         self.queued_inputs -= len(chosen)
         return chosen

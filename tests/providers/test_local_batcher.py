@@ -41,10 +41,11 @@ pytestmark = pytest.mark.asyncio
 
 
 @asynccontextmanager
-async def running(model: Model) -> AsyncIterator[Batcher[int]]:
+async def running(model: Model, max_batch_tokens: int = 64, max_batch_size: int = 4,
+                  min_batch_size: int = 4) -> AsyncIterator[Batcher[int]]:
     executor = ThreadPoolExecutor(max_workers=1)
-    batcher = Batcher(model.forward, executor, max_batch_tokens=64, max_batch_size=4, max_wait=0.0,
-                      max_queued=64)
+    batcher = Batcher(model.forward, executor, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                      max_wait=0.0, max_queued=64, min_batch_size=min_batch_size)
     batcher.start()
     yield batcher
     await batcher.aclose()
@@ -112,6 +113,18 @@ async def test_an_input_longer_than_the_budget_goes_alone() -> None:
         model.gate.set()
         await asyncio.gather(first, *futures)
         assert model.passes[1:] == [[1, 3], [2]]
+
+
+@pytest.mark.parametrize(("min_batch_size", "passes"), [(2, [[1, 3], [2, 4]]), (4, [[1, 3, 2, 4]])])
+async def test_past_min_batch_size_a_pass_ends_rather_than_pad_much(min_batch_size: int,
+                                                                    passes: list[list[int]]) -> None:
+    model = Model()
+    async with running(model, max_batch_tokens=1000, max_batch_size=8, min_batch_size=min_batch_size) as batcher:
+        first = await hold(model, batcher)
+        futures = [batcher.submit([1, 2], [10, 40]), batcher.submit([3, 4], [10, 40])]
+        model.gate.set()
+        await asyncio.gather(first, *futures)
+        assert model.passes[1:] == passes  # 2 x 10 and 2 x 40 tokens, rather than 4 x 40
 
 
 async def test_a_cancelled_request_is_dropped_before_its_pass() -> None:
