@@ -6,7 +6,8 @@ CPU (or whatever `--device` says); this process is the load and, afterwards, the
 - sequential: one client, one text per request, one request at a time;
 - concurrent: `--clients` clients, one text per request, back to back (the batcher merges them);
 - offline:    `SentenceTransformer.encode` of the same texts in this process, batched (batch_size 32),
-              the best of torch's default thread count and the gateway's (cpus - 1), the gateway stopped.
+              with as many torch threads as CPUs and as the gateway's model has (cpus - 1 by default),
+              the gateway stopped; the better of the two is the reference.
 
 Prints texts/s for each and the two ratios issue 7 judges (concurrent ÷ offline ≥ 0.9, concurrent ÷
 sequential ≥ 2); writes them into bench/results/local.json.
@@ -35,6 +36,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from providers.local import cpu_count
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "local.json"
 MODEL = "all-MiniLM-L6-v2"
@@ -47,10 +50,6 @@ def texts(count: int, seed: int) -> list[str]:
     """Distinct sentences of 6 to 40 words (about 10 to 60 model tokens): short chat-sized inputs, mixed."""
     rng = random.Random(seed)
     return [f"{i}: " + " ".join(rng.choices(WORDS, k=rng.randint(6, 40))) for i in range(count)]
-
-
-def cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextmanager
@@ -149,8 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway(config, Path(tmp), args.ready_timeout) as url:
         sequential = asyncio.run(clients(url, sequential_texts, 1))
         concurrent = asyncio.run(clients(url, concurrent_texts, args.clients))
-    default_threads = cpus()
-    offline_rates = offline(concurrent_texts, args.device, sorted({default_threads, max(1, default_threads - 1)}))
+    gateway_threads = args.torch_threads or max(1, cpu_count() - 1)
+    offline_rates = offline(concurrent_texts, args.device, sorted({cpu_count(), gateway_threads}))
     best = max(offline_rates.values())
     return {
         "benchmark": "local model: concurrent one-text clients vs one at a time vs offline batched encode",
@@ -158,8 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "texts": {"concurrent": len(concurrent_texts), "sequential": len(sequential_texts)},
         "clients": args.clients,
-        "gateway_torch_threads": args.torch_threads or "default (cpus - 1)",
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": cpus(),
+        "gateway_torch_threads": gateway_threads,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": cpu_count(),
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "texts_per_s": {
             "sequential": round(sequential, 1),
@@ -170,6 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": {
             "concurrent_vs_offline": round(concurrent / best, 3),
             "concurrent_vs_sequential": round(concurrent / sequential, 2),
+            # The model's arithmetic alone: offline with as many torch threads as the gateway's model.
+            "concurrent_vs_offline_same_threads": round(concurrent / offline_rates[gateway_threads], 3),
         },
     }
 
@@ -184,6 +185,8 @@ def table(report: dict[str, Any]) -> str:
         f"{'offline encode, best':34} {rates['offline_best']:9.1f}   ({offline_detail})",
         f"concurrent ÷ offline    {ratios['concurrent_vs_offline']:.3f}   (target ≥ 0.9)",
         f"concurrent ÷ sequential {ratios['concurrent_vs_sequential']:.2f}x   (target ≥ 2)",
+        f"concurrent ÷ offline with the gateway's torch threads ({report['gateway_torch_threads']}) "
+        f"{ratios['concurrent_vs_offline_same_threads']:.3f}",
     ])
 
 
@@ -198,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = run(args)
-    print(f"{MODEL} on {args.device}, {cpus()} cpus, gateway torch threads {report['gateway_torch_threads']}, "
-          f"load average {report['machine']['load_average']}")
+    print(f"{MODEL} on {args.device}, {cpu_count()} cpus, the gateway's torch threads "
+          f"{report['gateway_torch_threads']}, load average {report['machine']['load_average']}")
     print(table(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
