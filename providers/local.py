@@ -34,7 +34,7 @@ from providers.base import (
     check_shape,
 )
 from providers.http import HttpClient
-from providers.local_batcher import Batcher
+from providers.local_batcher import Batcher, QueueObserver, Unobserved
 from providers.options import DeploymentOptions
 from providers.tokenizers import Tokenizer
 
@@ -251,6 +251,17 @@ class LocalProvider:
         self.device: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedgate-local")
         self.batcher: Batcher[Any] | None = None
+        self._observer: QueueObserver = Unobserved()
+
+    @property
+    def observer(self) -> QueueObserver:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: QueueObserver) -> None:  # the gateway's metrics and traces
+        self._observer = observer
+        if self.batcher is not None:
+            self.batcher.observer = observer
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -288,6 +299,7 @@ class LocalProvider:
                                max_batch_size=options.max_batch_size, max_wait=options.max_batch_wait,
                                max_queued=MAX_QUEUED_INPUTS,
                                min_batch_size=CPU_MIN_BATCH if model.device == "cpu" else GPU_MIN_BATCH)
+        self.batcher.observer = self._observer
         self.batcher.start()
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:

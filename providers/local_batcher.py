@@ -9,10 +9,11 @@ the next round (no starvation), except to top up the round's last pass. A reques
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -22,17 +23,38 @@ P = TypeVar("P")  # what the model reads for one input (token ids, or the text)
 PADDING_SLACK = 1.15  # padded tokens over real tokens a pass of min_batch_size inputs may grow to
 
 
-@dataclass(frozen=True, slots=True)
-class PassStats:
-    inputs: int
-    tokens: int  # real tokens
-    padded_tokens: int  # inputs times the longest: what the model computes
+class QueueObserver(Protocol):
+    """What the gateway learns of the batching queue, for its metrics and traces (providers know neither)."""
+
+    def job(self) -> object:
+        """Called in the requester's context as its job is queued; what it returns comes back in `forward`."""
+        ...
+
+    def queue_depth(self, inputs: int) -> None:
+        """Inputs now waiting for a forward pass."""
+        ...
+
+    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
+        """One forward pass over `inputs` inputs, wall-clock times in ns, with what `job` gave each job."""
+        ...
+
+
+class Unobserved:
+    def job(self) -> object:
+        return None
+
+    def queue_depth(self, inputs: int) -> None:
+        pass
+
+    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
+        pass
 
 
 @dataclass(eq=False, slots=True)
 class _Request(Generic[P]):
     payloads: Sequence[P]
     future: asyncio.Future[Vectors] = field(repr=False)
+    tag: object  # the observer's, e.g. the requester's trace context
     waiting: int  # inputs not yet taken into a pass
     pending: int  # inputs without a vector yet
     rows: Vectors | None = None
@@ -63,7 +85,7 @@ class Batcher(Generic[P]):
         self.queued_inputs = 0  # waiting for a pass (the 503 bound)
         self.encoding_inputs = 0  # in the pass under way (0 when idle)
         self.passes = 0  # forward passes started
-        self.on_pass: Callable[[PassStats], None] | None = None  # e.g. the gateway's metrics
+        self.observer: QueueObserver = Unobserved()
         self._queue: list[_Item[P]] = []  # arrived since the round began
         self._round: list[_Item[P]] = []  # longest first: a pass takes from the end
         self._dead = 0  # items of dropped requests still in the lists
@@ -83,21 +105,24 @@ class Batcher(Generic[P]):
         if self.queued_inputs + len(payloads) > self.max_queued:
             raise ProviderError(ErrorKind.OVERLOADED, "local model queue is full", retry_after=1.0)
         future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        request = _Request(payloads, future, waiting=len(payloads), pending=len(payloads))
         if not payloads:
             future.set_result(np.zeros((0, 0), dtype=np.float32))
             return future
+        request = _Request(payloads, future, self.observer.job(), waiting=len(payloads), pending=len(payloads))
         future.add_done_callback(lambda _: self._drop(request))
         self._queue.extend(_Item(request, i, max(1, n)) for i, n in enumerate(lengths))
         self.queued_inputs += len(payloads)
+        self.observer.queue_depth(self.queued_inputs)
         self._wake.set()
         return future
 
     def _drop(self, request: _Request[P]) -> None:
         request.dropped = True
-        self.queued_inputs -= request.waiting
-        self._dead += request.waiting
-        request.waiting = 0
+        if request.waiting:
+            self.queued_inputs -= request.waiting
+            self._dead += request.waiting
+            request.waiting = 0
+            self.observer.queue_depth(self.queued_inputs)
 
     def _next_pass(self) -> list[_Item[P]]:
         if self._dead > self.queued_inputs:  # mostly dead: sweep, so dropped requests hold no memory
@@ -127,7 +152,9 @@ class Batcher(Generic[P]):
             chosen.append(item)
             width, tokens = wider, tokens + item.length
             item.request.waiting -= 1
-        self.queued_inputs -= len(chosen)
+        if chosen:
+            self.queued_inputs -= len(chosen)
+            self.observer.queue_depth(self.queued_inputs)
         return chosen
 
     async def _serve(self) -> None:
@@ -141,12 +168,10 @@ class Batcher(Generic[P]):
                 if self.max_wait > 0 and self.queued_inputs < self.max_batch_size:
                     await asyncio.sleep(self.max_wait)
                 continue
-            stats = PassStats(len(items), sum(i.length for i in items), len(items) * max(i.length for i in items))
             self.passes += 1
             self.encoding_inputs = len(items)
-            if self.on_pass is not None:
-                self.on_pass(stats)
             self._in_pass = items
+            start_ns = time.time_ns()
             try:
                 vectors = await loop.run_in_executor(
                     self._executor, self._forward, [i.request.payloads[i.index] for i in items])
@@ -157,6 +182,8 @@ class Batcher(Generic[P]):
             finally:
                 self.encoding_inputs = 0
                 self._in_pass = []
+            served = dict.fromkeys(item.request for item in items)
+            self.observer.forward(len(items), start_ns, time.time_ns(), [request.tag for request in served])
             if vectors.ndim != 2 or vectors.shape[0] != len(items):
                 self._fail(items, bad_response(f"local model returned {vectors.shape[0] if vectors.ndim else 0} "
                                                f"embeddings for {len(items)} inputs"))

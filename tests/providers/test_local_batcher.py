@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import pytest
 
 from providers.base import ErrorKind, ProviderError
-from providers.local_batcher import Batcher, PassStats
+from providers.local_batcher import Batcher
 
 
 class Model:
@@ -79,13 +80,51 @@ async def test_requests_queued_during_a_pass_are_merged_into_the_next() -> None:
             np.testing.assert_array_equal(rows, answer([i]))
 
 
+REQUESTER: ContextVar[str] = ContextVar("requester", default="?")
+
+
+class Watch:
+    """An observer as the gateway's metrics and traces use it."""
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+        self.passes: list[tuple[int, list[object]]] = []
+
+    def job(self) -> object:
+        return REQUESTER.get()  # e.g. the requester's trace context
+
+    def queue_depth(self, inputs: int) -> None:
+        self.depths.append(inputs)
+
+    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
+        assert start_ns <= end_ns
+        self.passes.append((inputs, list(jobs)))
+
+
+async def test_the_observer_sees_queue_depth_and_each_pass_with_its_requesters() -> None:
+    model, watch = Model(), Watch()
+
+    async def request(name: str, payloads: list[int]) -> np.ndarray:
+        REQUESTER.set(name)
+        return await batcher.submit(payloads, [1] * len(payloads))
+
+    async with running(model) as batcher:
+        batcher.observer = watch
+        first = await hold(model, batcher)
+        waiting = [asyncio.create_task(request("a", [1, 2])), asyncio.create_task(request("b", [3]))]
+        await asyncio.sleep(0)  # both tasks run up to their wait
+        assert batcher.queued_inputs == 3
+        model.gate.set()
+        await asyncio.gather(first, *waiting)
+    assert watch.passes == [(1, ["?"]), (3, ["a", "b"])]
+    assert watch.depths == [1, 0, 2, 3, 0]
+
+
 async def test_passes_keep_to_the_budgets_and_pad_little() -> None:
     model = Model()
     async with running(model) as batcher:
         rng = random.Random(3)
         lengths = [[rng.randint(1, 40) for _ in range(rng.randint(1, 5))] for _ in range(12)]
-        stats: list[PassStats] = []
-        batcher.on_pass = stats.append
         first = await hold(model, batcher)
         payloads = [[100 * r + i for i in range(len(ls))] for r, ls in enumerate(lengths)]
         futures = [batcher.submit(p, ls) for p, ls in zip(payloads, lengths, strict=True)]
@@ -101,7 +140,6 @@ async def test_passes_keep_to_the_budgets_and_pad_little() -> None:
             assert len(done) * max(widths) <= batcher.max_batch_tokens
             assert widths == sorted(widths)  # one round, taken shortest first
         assert sorted(p for done in model.passes[1:] for p in done) == sorted(length_of)
-        assert [s.inputs for s in stats[1:]] == [len(done) for done in model.passes[1:]]
         assert batcher.queued_inputs == 0
 
 
