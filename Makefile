@@ -37,6 +37,7 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.local
 
 # Not part of `make test`: steady load through two replicas, upstream failures, a Redis restart.
 soak: $(VENV)/.dev-installed

@@ -1,7 +1,8 @@
 """A sentence-transformers model on this machine (GPU when there is one).
 
-The model runs on one dedicated thread fed by a bounded queue: concurrent requests
-are merged into one forward pass, and the event loop never waits on torch.
+The model runs on one dedicated thread fed by a bounded queue (providers/local_batcher.py): concurrent
+requests are merged into forward passes cut to a token budget, and the event loop never waits on torch.
+Texts are tokenized once: the ids the gateway counted are the ids the model reads.
 Imports torch lazily so the gateway runs without the `local` extra.
 """
 
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import time
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
+from pydantic import Field
 
 from providers.base import (
     DOCUMENT,
@@ -30,12 +34,18 @@ from providers.base import (
     check_shape,
 )
 from providers.http import HttpClient
+from providers.local_batcher import Batcher, QueueObserver, Unobserved
 from providers.options import DeploymentOptions
 from providers.tokenizers import Tokenizer
 
-MAX_BATCH_INPUTS = 256  # inputs merged into one forward pass
 MAX_QUEUED_INPUTS = 32_768  # beyond this, refuse (503) rather than queue without bound
-ENCODE_BATCH_SIZE = 64
+OFF_LOOP_CHARS = 64_000  # texts the gateway did not count (prefixed, decoded) are tokenized off the loop past this
+CACHED_TOKENS = 1 << 20  # token ids kept between the gateway's count and the forward pass
+# Passes this big are efficient, so a pass may end there rather than pad to a much longer input.
+CPU_MIN_BATCH = 8
+GPU_MIN_BATCH = 64
+TokenIds = npt.NDArray[np.int32]
+WARM_UP_TEXTS = ("warm-up", "A warm-up pass before the gateway reports ready.")
 
 
 class LocalOptions(DeploymentOptions):
@@ -45,6 +55,13 @@ class LocalOptions(DeploymentOptions):
     # E5 and BGE models are trained with these prefixes; input_type picks one.
     query_prefix: str | None = None
     document_prefix: str | None = None
+    # For a local model a "call" is one forward pass; requests are not split by these, passes are.
+    max_batch_size: int = Field(256, ge=1, description="inputs per forward pass")
+    max_batch_tokens: int = Field(16_384, ge=1, description="model tokens per forward pass, padding included")
+    max_batch_wait: float = Field(0.002, ge=0, le=1.0,
+                                  description="seconds an idle model waits for concurrent requests to join a pass")
+    torch_threads: int | None = Field(None, ge=1, description="torch's CPU threads; default: one less than the "
+                                                               "CPUs, so the event loop keeps one")
 
 
 def _import_sentence_transformers() -> Any:
@@ -80,79 +97,179 @@ def pick_device(preference: str, torch: Any) -> str:
     return "cpu"
 
 
-class HFTokenizer:
-    """Counts with the model's own tokenizer, as the model will see the text (special tokens included)."""
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    def __init__(self, hf_tokenizer: Any) -> None:
-        # A private copy: the encode thread mutates its tokenizer's truncation state.
+
+class HFTokenizer:
+    """The model's own tokenizer: counts as the model sees the text (special tokens included), and keeps
+    the ids it counted, cut to the model's length, so the forward pass reads them instead of tokenizing again.
+    """
+
+    def __init__(self, hf_tokenizer: Any, max_length: int, cached_tokens: int = CACHED_TOKENS) -> None:
+        # A private copy, used without truncation or padding, so no thread ever changes its settings.
         self._tok = copy.deepcopy(hf_tokenizer)
         self.vocab_size: int = int(self._tok.vocab_size)
+        self.max_length = max_length
+        self._wrap = self._special_tokens_around_text()
+        self._left = getattr(hf_tokenizer, "truncation_side", "right") == "left"
+        self._ids: OrderedDict[str, TokenIds] = OrderedDict()  # counted, not yet fed; oldest first
+        self._cached = 0
+        self._cached_limit = cached_tokens
+        self._lock = threading.Lock()  # counts run on the loop and on worker threads
+
+    def _encode(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
+        encoded = self._tok(list(texts), add_special_tokens=special, return_attention_mask=False,
+                            return_token_type_ids=False, verbose=False)
+        return list(encoded["input_ids"])
+
+    def _special_tokens_around_text(self) -> tuple[int, int]:
+        """How many special tokens the tokenizer puts before and after a text ([CLS] … [SEP]: 1, 1)."""
+        probe = "hello world"
+        inner, outer = self._encode([probe], special=False)[0], self._encode([probe])[0]
+        for lead in range(len(outer) - len(inner) + 1):
+            if outer[lead:lead + len(inner)] == inner:
+                return lead, len(outer) - lead - len(inner)
+        return 0, 0  # not a plain wrap: the load-time check against the model's own features will refuse
+
+    def _cut(self, ids: list[int]) -> TokenIds:
+        """`ids` truncated as the model's tokenizer truncates (the text shortened, its special tokens kept),
+        as int32: 4 bytes a token while they wait."""
+        if len(ids) > self.max_length:
+            lead, trail = self._wrap
+            keep = max(0, self.max_length - lead - trail)
+            text = ids[lead:len(ids) - trail]
+            text = text[len(text) - keep:] if self._left else text[:keep]
+            ids = ids[:lead] + text + ids[len(ids) - trail:]
+        return np.asarray(ids, dtype=np.int32)
 
     def count(self, texts: Sequence[str]) -> list[int]:
-        encoded = self._tok(
-            list(texts), add_special_tokens=True, return_attention_mask=False,
-            return_token_type_ids=False, verbose=False,
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
+        encoded = self._encode(texts)
+        with self._lock:
+            for text, ids in zip(texts, encoded, strict=True):
+                self._remember(text, self._cut(ids))
+        return [len(ids) for ids in encoded]
+
+    def _remember(self, text: str, ids: TokenIds) -> None:
+        old = self._ids.pop(text, None)
+        self._cached += len(ids) - (len(old) if old is not None else 0)
+        self._ids[text] = ids
+        while self._cached > self._cached_limit:
+            self._cached -= len(self._ids.popitem(last=False)[1])
+
+    def model_ids(self, texts: Sequence[str]) -> list[TokenIds]:
+        """The ids the model reads for each text: those `count` kept, else tokenized now."""
+        with self._lock:
+            found = {text: self._ids.pop(text) for text in set(texts) if text in self._ids}
+            self._cached -= sum(map(len, found.values()))
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        if missing:
+            found.update(zip(missing, map(self._cut, self._encode(missing)), strict=True))
+        return [found[text] for text in texts]
 
 
-class QueueObserver(Protocol):
-    """What the gateway learns of the batching queue, for its metrics and traces (providers know neither)."""
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """What `start` loads: the tokenizer the gateway counts with, and one forward pass."""
 
-    def job(self) -> object:
-        """Called in the requester's context as its job is queued; what it returns comes back in `forward`."""
-        ...
+    tokenizer: HFTokenizer
+    forward: Callable[[list[Any]], Vectors]  # token ids (or, where the model takes no ids, texts) → rows
+    device: str
+    takes_ids: bool
 
-    def queue_depth(self, inputs: int) -> None:
-        """Inputs now waiting for a forward pass."""
-        ...
-
-    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
-        """One forward pass over `inputs` inputs, wall-clock times in ns, with what `job` gave each job."""
-        ...
-
-
-class _Unobserved:
-    def job(self) -> object:
-        return None
-
-    def queue_depth(self, inputs: int) -> None:
-        pass
-
-    def forward(self, inputs: int, start_ns: int, end_ns: int, jobs: Sequence[object]) -> None:
-        pass
+    def payloads(self, texts: list[str]) -> tuple[list[Any], list[int]]:
+        """What the forward pass reads for each text, and its length in model tokens."""
+        ids = self.tokenizer.model_ids(texts)
+        return (ids if self.takes_ids else texts), [len(x) for x in ids]
 
 
-@dataclass
-class _Job:
-    texts: list[str]
-    future: asyncio.Future[Vectors] = field(repr=False)
-    tag: object = None  # the observer's, e.g. the requester's trace context
+class SentenceTransformerModel:
+    """A sentence-transformers model fed pre-tokenized features: padded ids, attention mask, token types."""
+
+    def __init__(self, path: str, device_preference: str, threads: int | None) -> None:
+        st, torch = _import_sentence_transformers()
+        torch.set_num_threads(threads or max(1, cpu_count() - 1))  # the event loop keeps a core
+        self.torch = torch
+        self.device = pick_device(device_preference, torch)
+        model = st.SentenceTransformer(path, device=self.device, local_files_only=True)
+        if self.device == "cuda":
+            model.half()
+        model.eval()
+        self.model = model
+        self.tokenizer = HFTokenizer(model.tokenizer, int(model.max_seq_length or model.tokenizer.model_max_length))
+        self._pad = int(model.tokenizer.pad_token_id or 0)
+        self._left_pad = model.tokenizer.padding_side == "left"
+        self._feature_names: tuple[str, ...] = ()
+        self.takes_ids = self._check_features()
+
+    def _check_features(self) -> bool:
+        """Whether features built from our ids equal the model's own preprocessing (plain text models)."""
+        probes = ["Hello, World! Ünïcode café 🙂", "word " * (min(self.tokenizer.max_length, 16_384) + 8)]
+        try:
+            theirs = [self.model.preprocess([text]) for text in probes]
+        except Exception:  # a model whose preprocessing we cannot compare: it tokenizes its own texts
+            return False
+        names = {k for k in theirs[0] if isinstance(theirs[0][k], self.torch.Tensor)}
+        if not names <= {"input_ids", "attention_mask", "token_type_ids"} or "input_ids" not in names:
+            return False
+        self._feature_names = tuple(sorted(names))
+        for text, features in zip(probes, theirs, strict=True):
+            ours = self._features([self.tokenizer.model_ids([text])[0]])
+            if any(not self.torch.equal(ours[k].cpu(), features[k].cpu()) for k in names):
+                return False
+        return True
+
+    def _features(self, batch: list[TokenIds]) -> dict[str, Any]:
+        width = max(map(len, batch))
+        ids = np.full((len(batch), width), self._pad, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, seq in enumerate(batch):
+            span = slice(width - len(seq), width) if self._left_pad else slice(0, len(seq))
+            ids[row, span] = seq
+            mask[row, span] = 1
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return {name: self.torch.from_numpy(arrays[name]).to(self.device) for name in self._feature_names}
+
+    def forward(self, batch: list[Any]) -> Vectors:
+        torch = self.torch
+        with torch.inference_mode():
+            if self.takes_ids:
+                features = {**self._features(batch), "modality": "text"}
+            else:
+                features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                            for k, v in self.model.preprocess(batch).items()}
+            rows = self.model(features)["sentence_embedding"].float()
+            rows = torch.nn.functional.normalize(rows, p=2, dim=1)
+            return np.asarray(rows.cpu().numpy(), dtype=np.float32)
 
 
 class LocalProvider:
     def __init__(self, options: LocalOptions, http: HttpClient | None = None) -> None:
         self.options = options
-        self._path = options.path
-        self._device_preference = options.device
         self._prefixes = {QUERY: options.query_prefix, DOCUMENT: options.document_prefix}
-        self._model: Any = None
-        self._tokenizer: HFTokenizer | None = None
+        self._model: LoadedModel | None = None
         self.device: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedgate-local")
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._queued_inputs = 0
-        self.encoding_inputs = 0  # inputs in the forward pass under way (0 when idle)
-        self._worker: asyncio.Task[None] | None = None
-        self.observer: QueueObserver = _Unobserved()
+        self.batcher: Batcher[Any] | None = None
+        self._observer: QueueObserver = Unobserved()
+
+    @property
+    def observer(self) -> QueueObserver:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: QueueObserver) -> None:  # the gateway's metrics and traces
+        self._observer = observer
+        if self.batcher is not None:
+            self.batcher.observer = observer
 
     @property
     def tokenizer(self) -> Tokenizer | None:
-        return self._tokenizer
+        return self._model.tokenizer if self._model is not None else None
 
     def capabilities(self, model: str) -> Capabilities:
-        inputs, tokens = self.options.batch_caps(MAX_QUEUED_INPUTS, None)
-        return Capabilities(max_inputs=inputs, max_tokens=tokens, input_type=any(self._prefixes.values()))
+        # Requests are not split: the batcher cuts forward passes to max_batch_size / max_batch_tokens.
+        return Capabilities(max_inputs=MAX_QUEUED_INPUTS, input_type=any(self._prefixes.values()))
 
     def _prefixed(self, batch: EmbedBatch) -> list[str]:
         texts = [x for x in batch.inputs if isinstance(x, str)]
@@ -165,90 +282,50 @@ class LocalProvider:
         prefix = self._prefixes[batch.input_type] or ""
         return [prefix + text for text in texts]
 
-    def _load(self) -> None:
-        st, torch = _import_sentence_transformers()
-        device = pick_device(self._device_preference, torch)
-        model = st.SentenceTransformer(self._path or bundled_model_path(), device=device, local_files_only=True)
-        if device == "cuda":
-            model.half()
-        model.eval()
-        self._model, self.device = model, device
-        self._tokenizer = HFTokenizer(model.tokenizer)
+    def _load(self) -> LoadedModel:
+        model = SentenceTransformerModel(self.options.path or bundled_model_path(), self.options.device,
+                                         self.options.torch_threads)
+        return LoadedModel(model.tokenizer, model.forward, model.device, model.takes_ids)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load)
-        self._worker = asyncio.create_task(self._serve(), name="embedgate-local-batcher")
-
-    def _encode(self, texts: list[str]) -> Vectors:
-        vectors = self._model.encode(
-            texts, batch_size=ENCODE_BATCH_SIZE, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        model = await loop.run_in_executor(self._executor, self._load)
+        # Warm-up: one pass before the gateway reports ready, so no request pays for lazy initialisation.
+        payloads, _ = model.payloads(list(WARM_UP_TEXTS))
+        await loop.run_in_executor(self._executor, model.forward, payloads)
+        self._model, self.device = model, model.device
+        options = self.options
+        self.batcher = Batcher(model.forward, self._executor, max_batch_tokens=options.max_batch_tokens,
+                               max_batch_size=options.max_batch_size, max_wait=options.max_batch_wait,
+                               max_queued=MAX_QUEUED_INPUTS,
+                               min_batch_size=CPU_MIN_BATCH if model.device == "cpu" else GPU_MIN_BATCH)
+        self.batcher.observer = self._observer
+        self.batcher.start()
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:
-        if self._worker is None:
+        if self.batcher is None or self._model is None:
             raise ProviderError(ErrorKind.UNAVAILABLE, "local model is not loaded")
-        if self._queued_inputs + len(batch.inputs) > MAX_QUEUED_INPUTS:
-            raise ProviderError(ErrorKind.OVERLOADED, "local model queue is full", retry_after=1.0)
         texts = self._prefixed(batch)
-        job = _Job(texts, asyncio.get_running_loop().create_future(), self.observer.job())
-        self._queued_inputs += len(texts)
-        self.observer.queue_depth(self._queued_inputs)
-        self._queue.put_nowait(job)
+        # Texts the gateway counted come back from the tokenizer's memory; others (prefixed) are tokenized here.
+        if sum(map(len, texts)) > OFF_LOOP_CHARS:
+            payloads, lengths = await asyncio.to_thread(self._model.payloads, texts)
+        else:
+            payloads, lengths = self._model.payloads(texts)
+        future = self.batcher.submit(payloads, lengths)
         try:
             # The forward pass cannot be interrupted, but no request waits on it past its timeout:
-            # the job's result is dropped when it lands.
-            vectors = await asyncio.wait_for(job.future, self.options.timeout)
+            # its future is cancelled, so inputs still queued are dropped and rows that land are discarded.
+            vectors = await asyncio.wait_for(future, self.options.timeout)
         except TimeoutError:
             raise ProviderError(ErrorKind.TIMEOUT,
                                 f"local model did not answer within {self.options.timeout:g}s") from None
         return EmbedResult(vectors=check_shape(vectors, len(texts)))
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            size = len(jobs[0].texts)
-            while size < MAX_BATCH_INPUTS and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-                size += len(jobs[-1].texts)
-            self._queued_inputs -= size
-            self.observer.queue_depth(self._queued_inputs)
-            live = [job for job in jobs if not job.future.done()]
-            if not live:
-                continue
-            texts = [t for job in live for t in job.texts]
-            self.encoding_inputs = len(texts)
-            start_ns = time.time_ns()
-            try:
-                vectors = await loop.run_in_executor(self._executor, self._encode, texts)
-            except Exception as err:  # the model failed: every waiting request learns why
-                failure = ProviderError(ErrorKind.UNAVAILABLE, f"local model failed: {type(err).__name__}: {err}")
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(failure)
-                continue
-            finally:
-                self.encoding_inputs = 0
-            self.observer.forward(len(texts), start_ns, time.time_ns(), [job.tag for job in live])
-            start = 0
-            for job in live:
-                end = start + len(job.texts)
-                if not job.future.done():
-                    job.future.set_result(vectors[start:end])
-                start = end
-
     async def health(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return self.batcher is not None and self.batcher.running
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
+        if self.batcher is not None:
+            await self.batcher.aclose()
+            self.batcher = None
         self._executor.shutdown(wait=False, cancel_futures=True)

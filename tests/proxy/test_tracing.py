@@ -20,6 +20,7 @@ from proxy.settings import TracingSettings, parse_settings
 from proxy.tracing import OtelTracing
 from tests.conftest import upstream_config
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.support.local_model import stand_in
 from tests.support.servers import ROOT
 
 KEY = "sk-traced-team-key-0123456789"
@@ -41,8 +42,8 @@ async def test_one_span_per_request_with_its_steps_as_children_under_the_callers
         fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
     # The local deployment's forward pass is a stand-in (tests/providers/test_local.py runs the real model):
     # what is tested here is where its span lands.
-    monkeypatch.setattr(LocalProvider, "_load", lambda self: None)
-    monkeypatch.setattr(LocalProvider, "_encode", lambda self, texts: np.ones((len(texts), 4), dtype=np.float32))
+    forward = stand_in(lambda payloads: np.ones((len(payloads), 4), dtype=np.float32))
+    monkeypatch.setattr(LocalProvider, "_load", lambda self: forward())
     config = upstream_config(fake_openai, auth={"keys": [{"key": KEY, "team": "alpha"}]},
                              dispatch={"backoff_base": 0.01, "backoff_max": 0.02})
     config["models"].append({"name": LOCAL, "provider": "local"})  # type: ignore[attr-defined]

