@@ -9,6 +9,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 SOAK_SECONDS ?= 600
+# PEERS=1: `make bench` also installs LiteLLM's proxy and infinity-emb, each in a throwaway venv, and
+# measures them the same way in the same run.
+PEERS ?=
 
 .PHONY: run test lint bench soak clean
 
@@ -32,10 +35,11 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check proxy providers tests bench
+	$(BIN)/ruff check proxy providers tests bench testkit
 	$(BIN)/mypy proxy providers
 
 bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.gateway $(if $(PEERS),--peers)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.local
 

@@ -34,9 +34,9 @@ import aiohttp
 import numpy as np
 import yaml
 
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.redis_server import REDIS_SERVER, RedisServer
-from tests.support.servers import GatewayProcess, ThreadedServer
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import REDIS_SERVER, RedisServer
+from testkit.servers import GatewayProcess, ThreadedServer
 
 RESULTS = Path(__file__).parent / "results" / "cache.json"
 MODEL = "text-embedding-3-small"

@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.redis_server import RedisServer
-from tests.support.servers import GatewayProcess, ThreadedServer
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
+from testkit.servers import GatewayProcess, ThreadedServer
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 MODEL = "text-embedding-3-small"

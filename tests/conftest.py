@@ -16,10 +16,10 @@ import pytest
 
 from proxy.app import create_app
 from proxy.settings import Settings, StoreSettings, default_settings, parse_settings
-from tests.fakes.openai_upstream import FakeOpenAI
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
+from testkit.servers import ThreadedServer, wait_ready
 from tests.support.redis_cluster import REDIS_CLI, RedisClusterServers
-from tests.support.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
-from tests.support.servers import ThreadedServer, wait_ready
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 

@@ -13,8 +13,10 @@ import openai
 import pytest
 
 from proxy.app import BATCH_WORKERS
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
+from testkit.servers import ThreadedServer
 from tests.conftest import running_gateway, upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, create_key, embed, put_team, ten_tokens
 from tests.support.assertions import assert_openai_error
 from tests.support.batches import (
@@ -28,9 +30,7 @@ from tests.support.batches import (
     wait_batch,
     wait_until,
 )
-from tests.support.redis_server import RedisServer
 from tests.support.replicas import replicas
-from tests.support.servers import ThreadedServer
 
 
 def batch_config(fake: FakeOpenAI, tmp_path: Path, files: dict[str, Any] | None = None,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.servers import ROOT
 from tests.support.cli import run_cli
-from tests.support.servers import ROOT
 
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))
 REQUIRED_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # no `:-default`: the example needs it set

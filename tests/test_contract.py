@@ -31,10 +31,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from proxy.openapi import build_document
+from testkit.redis_server import RedisServer
+from testkit.servers import ThreadedServer
 from tests.conftest import running_gateway, serving_openai, upstream_settings
 from tests.support.admin import MASTER_KEY, create_key
-from tests.support.redis_server import RedisServer
-from tests.support.servers import ThreadedServer
 
 # The budget: examples per operation (plus schemathesis's deterministic coverage cases), and stateful scenarios.
 EXAMPLES_PER_OPERATION = int(os.environ.get("CONTRACT_EXAMPLES", "150"))  # raise it locally to hunt further

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from proxy.handlers import GATEWAY
+from testkit.openai_upstream import FakeOpenAI, expected_vector
+from testkit.servers import ThreadedServer, free_port
 from tests.conftest import running_gateway, serving_openai
-from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.fakes.vendor import other_origin
 from tests.support.admin import MASTER_KEY, create_key, embed
 from tests.support.http import Reply, embed_ok
 from tests.support.http import embed as post_embed
-from tests.support.servers import ThreadedServer, free_port
 
 DEPLOYMENT = "x-embedgate-deployment"
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "breaker_failures": 2, "breaker_cooldown": 0.5}

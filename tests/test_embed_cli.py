@@ -14,11 +14,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from testkit.openai_upstream import FakeOpenAI, expected_vector
+from testkit.servers import ROOT, ThreadedServer
 from tests.conftest import start_gateway, upstream_settings
-from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.support.cli import run_cli
 from tests.support.http import embed_ok
-from tests.support.servers import ROOT, ThreadedServer
 
 MODEL = "text-embedding-3-small"
 ROWS = 3000

@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from proxy.settings import DispatchSettings
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer, free_port
 from tests.conftest import running_gateway
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.servers import ThreadedServer, free_port
 
 
 def assert_error(resp: httpx.Response, status: int, code: str | None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import openai
 from langchain_openai import OpenAIEmbeddings
 
-from tests.support.servers import ThreadedServer
+from testkit.servers import ThreadedServer
 
 LOCAL = "all-MiniLM-L6-v2"
 

@@ -12,11 +12,11 @@ import httpx
 import orjson
 import pytest
 
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
+from testkit.servers import free_port, gateway_process
 from tests.conftest import upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.metrics import Samples, labelled, parse, scrape_text, series, value
-from tests.support.redis_server import RedisServer
-from tests.support.servers import free_port, gateway_process
 
 KEY = "sk-alpha-observability-0123456789"  # a static key of team alpha, no limits
 LIMITED = "sk-beta-one-per-minute-0123456789"  # a static key of team beta: one request a minute

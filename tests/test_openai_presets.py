@@ -1,4 +1,4 @@
-"""Every preset of the `openai` provider, in front of a fake of its own server (tests/fakes/openai_upstream.py
+"""Every preset of the `openai` provider, in front of a fake of its own server (testkit/openai_upstream.py
 SERVERS): the official SDK's default call (base64) and token-id inputs come back as the right vectors, and
 the server got only what it takes (its route, its cap on inputs per call, strings where it wants strings,
 the encoding it answers, no `dimensions` where the preset says not to send them)."""
@@ -16,10 +16,10 @@ import pytest
 import tiktoken
 
 from providers.presets import PRESETS
+from testkit.openai_upstream import SERVERS, FakeOpenAI, expected_vector
+from testkit.servers import ThreadedServer
 from tests.conftest import running_gateway, serving_openai
-from tests.fakes.openai_upstream import SERVERS, FakeOpenAI, expected_vector
 from tests.support.assertions import assert_openai_error
-from tests.support.servers import ThreadedServer
 from tests.support.vendors import sdk_client
 
 MODEL = "vectors"

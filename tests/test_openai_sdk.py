@@ -6,9 +6,9 @@ import numpy as np
 import openai
 import pytest
 
-from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
+from testkit.openai_upstream import FakeOpenAI, expected_vector
+from testkit.servers import ThreadedServer
 from tests.support.assertions import assert_openai_error
-from tests.support.servers import ThreadedServer
 
 LOCAL = "all-MiniLM-L6-v2"
 

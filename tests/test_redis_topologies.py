@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.openai_upstream import FakeOpenAI, expected_vector
+from testkit.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
 from tests.conftest import running_gateway, upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.support.admin import MASTER_KEY, create_key, embed
 from tests.support.redis_sentinel import NO_SENTINEL_REASON, REDIS_SENTINEL, SentinelGroup
-from tests.support.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
 from tests.support.replicas import burst
 
 

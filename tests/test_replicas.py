@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
+from testkit.servers import GatewayProcess
 from tests.conftest import upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed, ten_tokens
-from tests.support.redis_server import RedisServer
 from tests.support.replicas import burst, replicas
-from tests.support.servers import GatewayProcess
 
 BURST = 200
 

@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from testkit.openai_upstream import FakeOpenAI, expected_vector
+from testkit.servers import child_pids as children
+from testkit.servers import gateway_process as serving
 from tests.conftest import upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.support.metrics import scrape, series
-from tests.support.servers import child_pids as children
-from tests.support.servers import gateway_process as serving
 
 DRAIN = {"drain_grace": 1.5, "drain_timeout": 10}
 

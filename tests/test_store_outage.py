@@ -17,11 +17,11 @@ import yaml
 
 from providers.tokenizers import cl100k
 from proxy.settings import Settings, parse_settings
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
+from testkit.servers import GatewayProcess, ThreadedServer
 from tests.conftest import start_gateway, upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, NO_LIMIT_PAIR, admin, create_key, embed, error_code, rate_limit_pair
-from tests.support.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
-from tests.support.servers import GatewayProcess, ThreadedServer
 
 OUTAGE_LOG = "store unavailable"
 CLIENTS = 8

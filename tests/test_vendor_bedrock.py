@@ -14,13 +14,13 @@ import tiktoken
 
 from proxy.app import create_app
 from proxy.settings import parse_settings
+from testkit.servers import gateway_process, threaded_server
 from tests.conftest import running_gateway
 from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.vendor import serving
 from tests.support.assertions import assert_openai_error
 from tests.support.cli import run_cli
 from tests.support.http import embed_ok
-from tests.support.servers import gateway_process, threaded_server
 from tests.support.vendors import assert_known_vectors, assert_scrubbed_error, sdk_client
 
 TITAN = "titan-v2"

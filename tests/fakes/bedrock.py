@@ -6,7 +6,7 @@ the model id (one path segment, percent-encoded as AWS SDKs send it), and every 
 family (Titan Text Embeddings V2 and G1, Cohere Embed v3 and v4). It answers as Bedrock does, errors
 included: `{"message"}` with the error's name in `x-amzn-ErrorType`.
 
-Rows are the known vectors of `tests.fakes.vectors`, cut to the size asked; at unit length only when the
+Rows are the known vectors of `testkit.vectors`, cut to the size asked; at unit length only when the
 model is asked to normalise (Titan V2), else `scale` times that (G1 and Cohere rows are not unit length).
 It counts calls in flight, so a test can see the fan-out and its bound.
 """

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.vectors import vector_for
-from tests.support.servers import ThreadedServer
+from testkit.servers import ThreadedServer
+from testkit.vectors import vector_for
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from proxy.settings import load_settings
+from testkit.servers import ROOT
 from tests.support.cli import run_cli
 from tests.support.haproxy import HAPROXY_CFG, backend_servers, check_timing
 from tests.support.prometheus import DASHBOARD, PROMETHEUS_DIR
-from tests.support.servers import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_CONFIG = ROOT / "config" / "compose.yaml"

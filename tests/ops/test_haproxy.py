@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.fakes.openai_upstream import FakeOpenAI
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import GatewayProcess
 from tests.support.haproxy import HAPROXY, HAPROXY_CFG, NO_HAPROXY_REASON, HAProxy, check_config
-from tests.support.servers import GatewayProcess
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason=NO_HAPROXY_REASON)
 MODEL = "text-embedding-3-small"

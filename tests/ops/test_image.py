@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ROOT, GatewayProcess, child_pids, free_port
 from tests.conftest import upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.http import embed_ok
-from tests.support.servers import ROOT, GatewayProcess, child_pids, free_port
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"

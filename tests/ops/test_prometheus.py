@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
+from testkit.servers import GatewayProcess, ThreadedServer, free_port
 from tests.conftest import serving_openai, upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, put_team
 from tests.support.http import embed
 from tests.support.prometheus import (
@@ -26,8 +28,6 @@ from tests.support.prometheus import (
     rule_queries,
     running_prometheus,
 )
-from tests.support.redis_server import RedisServer
-from tests.support.servers import GatewayProcess, ThreadedServer, free_port
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason=NO_PROMETHEUS_REASON)
 

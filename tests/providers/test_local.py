@@ -17,8 +17,8 @@ import pytest
 from providers.base import EmbedBatch, ErrorKind, ProviderError
 from providers.local import WARM_UP_TEXTS, HFTokenizer, LocalOptions, LocalProvider
 from proxy.handlers import GATEWAY
+from testkit.servers import ThreadedServer
 from tests.support.local_model import bundled_tokenizer, stand_in
-from tests.support.servers import ThreadedServer
 
 LOCAL = "all-MiniLM-L6-v2"
 TEXTS = ["The cat sat on the mat.", "Quarterly revenue grew 12%.", "Ein Satz auf Deutsch.", "🙂 emoji"]

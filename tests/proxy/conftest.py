@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer
 from tests.conftest import start_gateway
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.cache_setup import cache_settings
-from tests.support.servers import ThreadedServer
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])

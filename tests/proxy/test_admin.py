@@ -12,8 +12,9 @@ import pytest
 
 from proxy.cli import main
 from proxy.settings import DispatchSettings
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer
 from tests.conftest import running_gateway, start_gateway, upstream_settings
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import (
     MASTER_KEY,
     NO_LIMIT_PAIR,
@@ -26,7 +27,6 @@ from tests.support.admin import (
     rate_limit_pair,
     ten_tokens,
 )
-from tests.support.servers import ThreadedServer
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from proxy.auth import Authenticator, hash_key
 from proxy.errors import RateLimited
 from proxy.settings import AuthSettings, StoreSettings
 from proxy.store import Outages
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer
 from tests.conftest import start_gateway, upstream_settings
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, NO_LIMIT_PAIR, admin, create_key, embed, error_code, rate_limit_pair
 from tests.support.http import raw_request
-from tests.support.servers import ThreadedServer
 from tests.support.services import Services, with_services
 
 STATIC_RAW = "static-raw-key-for-gitops"

@@ -31,8 +31,8 @@ from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
 from proxy.settings import CacheSettings, ModelEntry, StoreSettings
 from proxy.store import Store
-from tests.fakes.openai_upstream import expected_vector
-from tests.fakes.vectors import input_key, vector_for
+from testkit.openai_upstream import expected_vector
+from testkit.vectors import input_key, vector_for
 
 DIMS = 8
 

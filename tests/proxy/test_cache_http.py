@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from proxy.handlers import GATEWAY
+from testkit.openai_upstream import FakeOpenAI, expected_vector
+from testkit.redis_server import RedisServer
+from testkit.servers import GatewayProcess, ThreadedServer, write_config
 from tests.conftest import start_gateway
-from tests.fakes.openai_upstream import FakeOpenAI, expected_vector
 from tests.support.cache_setup import cache_config, cache_settings, counted_round_trips
 from tests.support.http import Reply, embed, embed_ok
-from tests.support.redis_server import RedisServer
-from tests.support.servers import GatewayProcess, ThreadedServer, write_config
 
 
 @pytest.fixture

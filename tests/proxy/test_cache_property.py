@@ -14,10 +14,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.openai_upstream import NATIVE_DIMS, FakeOpenAI, expected_vector
-from tests.fakes.vectors import input_key
+from testkit.openai_upstream import NATIVE_DIMS, FakeOpenAI, expected_vector
+from testkit.servers import ThreadedServer
+from testkit.vectors import input_key
 from tests.support.http import embed_ok
-from tests.support.servers import ThreadedServer
 
 Item = str | tuple[int, ...]
 

@@ -12,12 +12,12 @@ import pytest
 
 from proxy.auth import MASTER, Principal
 from proxy.metrics import MAX_TEAMS, Metrics
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer
 from tests.conftest import running_gateway, upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, TEN_TOKENS, create_key, embed, put_team, ten_tokens
 from tests.support.http import embed_ok
 from tests.support.metrics import scrape, series, value
-from tests.support.servers import ThreadedServer
 
 LOCAL = "all-MiniLM-L6-v2"
 

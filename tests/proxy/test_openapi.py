@@ -20,8 +20,8 @@ from proxy.render import embeddings_body
 from proxy.request import parse_embedding_request
 from proxy.schema import EmbeddingCreate, EmbeddingList, parse_body
 from proxy.settings import parse_settings
+from testkit.openai_upstream import FakeOpenAI
 from tests.conftest import running_gateway, upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY
 
 REF = "#/components/schemas/{model}"

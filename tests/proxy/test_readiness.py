@@ -12,8 +12,8 @@ import pytest
 from providers.openai import OpenAIProvider
 from proxy.app import create_app
 from proxy.settings import parse_settings
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.servers import ThreadedServer
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer
 
 GATE = threading.Event()
 

@@ -8,8 +8,8 @@ import pytest
 
 from proxy.cli import settings_for
 from proxy.settings import ConfigError, default_settings, interpolate, load_settings, parse_settings
+from testkit.servers import ROOT
 from tests.support.cli import run_cli
-from tests.support.servers import ROOT
 
 
 def test_interpolation_with_defaults() -> None:

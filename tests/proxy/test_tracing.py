@@ -18,10 +18,10 @@ from providers.local import LocalProvider
 from proxy.app import create_app
 from proxy.settings import TracingSettings, parse_settings
 from proxy.tracing import OtelTracing
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ROOT
 from tests.conftest import upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.local_model import stand_in
-from tests.support.servers import ROOT
 
 KEY = "sk-traced-team-key-0123456789"
 LOCAL = "all-MiniLM-L6-v2"

@@ -12,10 +12,10 @@ import pytest
 from proxy.auth import Principal
 from proxy.settings import StoreSettings
 from proxy.usage import UsageFilter, utc_day
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import free_port
 from tests.conftest import running_gateway, upstream_settings
-from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.admin import MASTER_KEY, TEN_TOKENS, admin, create_key, embed
-from tests.support.servers import free_port
 from tests.support.services import Services, with_services
 
 ALICE = Principal("key_a", "search")

@@ -11,7 +11,7 @@ import openai
 import orjson
 from openai.types import Batch
 
-from tests.fakes.openai_upstream import expected_vector
+from testkit.openai_upstream import expected_vector
 from tests.support.http import decode_embedding
 
 MODEL = "text-embedding-3-small"

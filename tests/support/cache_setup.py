@@ -11,9 +11,9 @@ import redis.asyncio as aredis
 
 from proxy.handlers import GATEWAY
 from proxy.settings import Settings, parse_settings
+from testkit.openai_upstream import FakeOpenAI
+from testkit.servers import ThreadedServer
 from tests.conftest import upstream_config
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.support.servers import ThreadedServer
 
 
 def cache_config(fake: FakeOpenAI, store_url: str = "memory://", **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.servers import ROOT, free_port, stop_process
+from testkit.servers import ROOT, free_port, stop_process
 
 HAPROXY = shutil.which("haproxy")
 NO_HAPROXY_REASON = "haproxy is not installed (.ci/run installs Debian's haproxy package)"

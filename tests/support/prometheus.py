@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.servers import ROOT, free_port, stop_process
+from testkit.servers import ROOT, free_port, stop_process
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

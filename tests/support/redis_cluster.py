@@ -8,8 +8,8 @@ import time
 
 import redis
 
-from tests.support.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
-from tests.support.servers import free_port
+from testkit.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
+from testkit.servers import free_port
 
 REDIS_CLI = shutil.which("redis-cli")
 

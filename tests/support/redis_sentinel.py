@@ -8,8 +8,8 @@ import time
 
 import redis
 
-from tests.support.redis_server import RedisServer
-from tests.support.servers import free_port
+from testkit.redis_server import RedisServer
+from testkit.servers import free_port
 
 REDIS_SENTINEL = shutil.which("redis-sentinel")
 NO_SENTINEL_REASON = "redis-sentinel is not installed (.ci/run installs it with apt-get)"

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.servers import GatewayProcess, write_config
+from testkit.servers import GatewayProcess, write_config
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import pytest
 
 from providers.base import EmbedResult, ErrorKind, ProviderError
 from providers.http import HttpClient
-from tests.support.servers import ROOT
+from testkit.servers import ROOT
 
 FIXTURES = ROOT / "tests" / "providers" / "fixtures"
 

@@ -12,10 +12,10 @@ import openai
 import pytest
 import tiktoken
 
+from testkit.servers import ThreadedServer
 from tests.fakes.vendor import FakeVendor
 from tests.support.assertions import assert_openai_error
 from tests.support.http import Reply, embed_ok
-from tests.support.servers import ThreadedServer
 
 
 def sdk_client(server: ThreadedServer) -> openai.OpenAI:

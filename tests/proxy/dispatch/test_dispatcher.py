@@ -25,7 +25,7 @@ from proxy.dispatch.dispatcher import CallReport, split
 from proxy.dispatch.strategy import make_strategy
 from proxy.errors import InvalidRequest, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from proxy.settings import DispatchSettings
-from tests.fakes.vectors import vector_for
+from testkit.vectors import vector_for
 
 DIMS = 8
 FAST = DispatchSettings(backoff_base=0.001, backoff_max=0.01, breaker_failures=2, breaker_cooldown=0.2, deadline=5)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.servers import free_port
+from testkit.servers import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 NO_REDIS_REASON = "redis-server is not installed (.ci/run installs it with apt-get)"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from tests.fakes.vectors import input_key, vector_for
+from testkit.vectors import input_key, vector_for
 
 NATIVE_DIMS = 64
 OPENAI_FIELDS = frozenset({"model", "input", "dimensions", "encoding_format", "user"})
