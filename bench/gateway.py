@@ -1,0 +1,477 @@
+"""What the gateway adds: the same requests straight to the fake upstream and through `embedgate serve`.
+
+Three kinds of process, never sharing one: the fake OpenAI upstream (testkit/openai_upstream.py, one
+process per vector size), the gateway (`python -m proxy serve`) and the load generator (an aiohttp client
+in a process of its own). Measured in one run, every ratio against the direct figure of the same run:
+
+- latency of sequential one-input requests, p50/p90/p99, direct and through the gateway (added = the
+  difference of the percentiles);
+- throughput at 1, 8 and 32 concurrent clients, through the gateway ÷ direct;
+- open mode (no key, no cache) and production mode (master key, a team key with limits at key and team
+  level, the embedding cache, all on a redis-server this bench starts): miss (fresh texts) and hit (the
+  same texts again);
+- the largest legal request, 2048 inputs x 1536 dims, float and base64, open mode;
+- gateway CPU per request: utime + stime of the gateway process (/proc/<pid>/stat) over a phase ÷ its
+  requests.
+
+The load generator is Python, not wrk: its own cost caps the direct figure at high concurrency, so the
+throughput ratio reads higher than wrk would show it. `--peers` measures LiteLLM's proxy in front of the
+same fake upstream, the same way (bench/peers.py). Prints a table, writes bench/results/<date>.json and a
+PNG plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import REDIS_SERVER, RedisServer
+from testkit.servers import GatewayProcess, free_port, write_config
+
+RESULTS = Path(__file__).parent / "results"
+SMALL, LARGE = "bench-small", "text-embedding-3-small"  # 64 dims; 1536 dims, OpenAI's size
+LARGE_DIMS, LARGE_INPUTS = 1536, 2048
+MASTER_KEY = "sk-bench-master-0123456789"
+TEAM_KEY = "sk-bench-team-key-0123456789"
+HIGH = 10**12  # limits that are checked and charged, never reached
+CONCURRENCIES = (1, 8, 32)
+UPSTREAM_KEY = FakeOpenAI.api_key  # what a direct request sends, as the gateway does
+
+
+# --- the fake upstream, in its own process ---------------------------------------------------------------
+
+def memo_middleware(limit: int = 64, min_bytes: int = 65536) -> Any:
+    """Answer a repeated large body from memory: the 2048 x 1536 answer costs the fake about a second to
+    build, the same for both paths, and would drown the gateway's share in noise. Small bodies are
+    always answered (and checked) by the fake itself."""
+    answers: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+
+    @web.middleware
+    async def memo(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+        body = await request.read()
+        if len(body) < min_bytes:
+            return await handler(request)
+        key = (request.headers.get("Authorization", ""), body)
+        if key in answers:
+            return web.Response(body=answers[key], content_type="application/json")
+        response = await handler(request)
+        if isinstance(response, web.Response) and response.status == 200 and isinstance(response.body, bytes):
+            answers[key] = response.body
+            while len(answers) > limit:
+                answers.popitem(last=False)
+        return response
+
+    return memo
+
+
+def serve_upstream(port: int, dims: int) -> None:
+    """The fake OpenAI upstream on `port` until terminated (a child process's target)."""
+    fake = FakeOpenAI(dims=dims)
+    app = fake.app()
+    app.middlewares.append(memo_middleware())
+
+    async def no_memory(app: web.Application) -> None:  # the bench sends many thousands of requests
+        async def trim() -> None:
+            while True:
+                await asyncio.sleep(1)
+                fake.received.clear()
+        app["trim"] = asyncio.get_running_loop().create_task(trim())
+
+    app.on_startup.append(no_memory)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handler_cancellation=True)
+
+
+@contextmanager
+def upstream(dims: int) -> Iterator[str]:
+    """A fake upstream process; yields its api_base."""
+    port = free_port()
+    proc = multiprocessing.get_context("spawn").Process(target=serve_upstream, args=(port, dims), daemon=True)
+    proc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open(port):
+            if not proc.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake upstream did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- the load generator, in its own process ---------------------------------------------------------------
+
+def texts(tag: str, count: int, words: int = 6) -> list[str]:
+    return [f"{tag} {i} " + " ".join(["embedding"] * words) for i in range(count)]
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> None:
+    async with session.post(url, data=body, headers=headers) as resp:
+        payload = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: {resp.status} {payload[:300]!r}")
+
+
+def _bodies(model: str, inputs: list[list[str]], fmt: str) -> list[bytes]:
+    return [json.dumps({"model": model, "input": x, "encoding_format": fmt}).encode() for x in inputs]
+
+
+async def _sequential(url: str, bodies: list[bytes], headers: dict[str, str]) -> list[float]:
+    out = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for body in bodies:
+            started = time.perf_counter()
+            await _post(session, url, body, headers)
+            out.append(time.perf_counter() - started)
+    return out
+
+
+async def _concurrent(url: str, bodies: list[bytes], headers: dict[str, str], clients: int) -> float:
+    """Requests per second with `clients` clients sending `bodies` back to back."""
+    queue = iter(bodies)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+        async def client() -> None:
+            for body in queue:
+                await _post(session, url, body, headers)
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return len(bodies) / (time.perf_counter() - started)
+
+
+def load_sequential(url: str, model: str, inputs: list[list[str]], fmt: str, key: str | None) -> list[float]:
+    """Seconds per request, one at a time (run in the load process)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return asyncio.run(_sequential(f"{url}/embeddings", _bodies(model, inputs, fmt), headers))
+
+
+def load_concurrent(url: str, model: str, inputs: list[list[str]], key: str | None, clients: int) -> float:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return asyncio.run(_concurrent(f"{url}/embeddings", _bodies(model, inputs, "base64"), headers, clients))
+
+
+# --- the gateway, in its own process ----------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its children (workers), from /proc."""
+    total = 0
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(c) for c in (task / "children").read_text().split()]
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5), counted after the name
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def gateway_config(mode: str, small: str, large: str, store: str) -> dict[str, Any]:
+    models = [
+        {"name": SMALL, "provider": "openai", "api_base": small, "api_key": UPSTREAM_KEY, "dimensions": 64},
+        {"name": LARGE, "provider": "openai", "api_base": large, "api_key": UPSTREAM_KEY,
+         "dimensions": LARGE_DIMS},
+    ]
+    if mode == "open":
+        return {"models": models, "cache": {"enabled": False}}
+    limits = {"rpm": HIGH, "tpm": HIGH, "tokens_per_day": HIGH, "tokens_per_month": HIGH}
+    return {"models": models, "store": {"url": store, "prefix": "bench"}, "cache": {"enabled": True},
+            "auth": {"master_key": MASTER_KEY, "keys": [{"key": TEAM_KEY, "team": "bench", "limits": limits}]}}
+
+
+def set_team_limits(url: str) -> None:
+    limits = {"rpm": HIGH, "tpm": HIGH, "tokens_per_day": HIGH, "tokens_per_month": HIGH}
+    request = urllib.request.Request(f"{url}/admin/teams/bench", method="PUT",
+                                     data=json.dumps({"limits": limits, "user_limits": {}}).encode(),
+                                     headers={"Authorization": f"Bearer {MASTER_KEY}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"PUT /admin/teams/bench: {resp.status}")
+
+
+# --- the measurements -------------------------------------------------------------------------------------
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
+
+
+def added(through: dict[str, float], direct: dict[str, float]) -> dict[str, float]:
+    return {k: round(through[k] - direct[k], 3) for k in direct}
+
+
+class Bench:
+    def __init__(self, load: concurrent.futures.Executor, args: argparse.Namespace) -> None:
+        self.load, self.args = load, args
+
+    def seq(self, url: str, model: str, inputs: list[list[str]], fmt: str = "base64",
+            key: str | None = None) -> list[float]:
+        return self.load.submit(load_sequential, url, model, inputs, fmt, key).result()
+
+    def rps(self, url: str, inputs: list[list[str]], clients: int, key: str | None = None) -> float:
+        return self.load.submit(load_concurrent, url, SMALL, inputs, key, clients).result()
+
+    def gateway_cpu(self, pid: int, run: Callable[[], Any], requests: int) -> tuple[Any, float]:
+        before = cpu_seconds(pid)
+        result = run()
+        return result, round((cpu_seconds(pid) - before) / requests * 1e6, 1)
+
+    def latency(self, name: str, direct_url: str, through_url: str, pid: int, key: str | None,
+                hit: bool) -> dict[str, Any]:
+        """Sequential one-input requests: direct, then through (misses), then through again (hits) if `hit`."""
+        n = self.args.requests
+        one = [[t] for t in texts(f"{name}-lat-{os.urandom(3).hex()}", n)]
+        self.seq(direct_url, SMALL, one[:50], key=UPSTREAM_KEY)  # warm-up
+        self.seq(through_url, SMALL, [[f"warm {name} {i}"] for i in range(50)], key=key)
+        direct = percentiles(self.seq(direct_url, SMALL, one, key=UPSTREAM_KEY))
+        through_lat, cpu = self.gateway_cpu(pid, lambda: self.seq(through_url, SMALL, one, key=key), n)
+        through = percentiles(through_lat)
+        out: dict[str, Any] = {"direct": direct, "through": through, "added": added(through, direct),
+                               "cpu_us_per_request": cpu}
+        if hit:
+            hit_lat, hit_cpu = self.gateway_cpu(pid, lambda: self.seq(through_url, SMALL, one, key=key), n)
+            out["hit"] = {"through": percentiles(hit_lat), "added": added(percentiles(hit_lat), direct),
+                          "cpu_us_per_request": hit_cpu}
+        return out
+
+    def throughput(self, name: str, direct_url: str, through_url: str, pid: int, key: str | None,
+                   hit: bool) -> dict[str, Any]:
+        n = self.args.throughput_requests
+        out: dict[str, Any] = {}
+        for clients in CONCURRENCIES:
+            count = n if clients > 1 else n // 4
+            one = [[t] for t in texts(f"{name}-tp{clients}-{os.urandom(3).hex()}", count)]
+            direct = self.rps(direct_url, one, clients, UPSTREAM_KEY)
+            through, cpu = self.gateway_cpu(pid, lambda one=one, c=clients: self.rps(through_url, one, c, key), count)
+            row = {"direct_rps": round(direct, 1), "through_rps": round(through, 1),
+                   "ratio": round(through / direct, 3), "cpu_us_per_request": cpu}
+            if hit:
+                hit_rps, hit_cpu = self.gateway_cpu(pid, lambda one=one, c=clients: self.rps(through_url, one, c, key),
+                                                    count)
+                row |= {"hit_rps": round(hit_rps, 1), "hit_ratio": round(hit_rps / direct, 3),
+                        "hit_cpu_us_per_request": hit_cpu}
+            out[str(clients)] = row
+        return out
+
+    def largest(self, direct_url: str, through_url: str) -> dict[str, Any]:
+        """2048 inputs x 1536 dims, float and base64, sequential; the same body every time."""
+        big = [texts("largest", LARGE_INPUTS)]
+        out: dict[str, Any] = {}
+        for fmt in ("float", "base64"):
+            self.seq(direct_url, LARGE, big * 2, fmt, UPSTREAM_KEY)
+            self.seq(through_url, LARGE, big * 2, fmt)
+            direct = percentiles(self.seq(direct_url, LARGE, big * self.args.large_requests, fmt, UPSTREAM_KEY))
+            through = percentiles(self.seq(through_url, LARGE, big * self.args.large_requests, fmt))
+            out[fmt] = {"direct": direct, "through": through, "added": added(through, direct)}
+        return out
+
+
+def run_mode(bench: Bench, mode: str, small: str, large: str, tmp: Path, stack: ExitStack) -> dict[str, Any]:
+    store = "memory://"
+    if mode == "production":
+        if REDIS_SERVER is None:
+            return {"skipped": "redis-server is not installed"}
+        redis = RedisServer().start()
+        stack.callback(redis.stop)
+        store = redis.url
+    config = write_config(gateway_config(mode, small, large, store), tmp / f"{mode}.yaml")
+    gateway = GatewayProcess(config)
+    try:
+        gateway.wait_ready(timeout=90)
+        key = TEAM_KEY if mode == "production" else None
+        if mode == "production":
+            set_team_limits(gateway.url)
+        through = f"{gateway.url}/v1"
+        hit = mode == "production"
+        result: dict[str, Any] = {
+            "latency": bench.latency(mode, small, through, gateway.proc.pid, key, hit),
+            "throughput": bench.throughput(mode, small, through, gateway.proc.pid, key, hit),
+        }
+        if mode == "open":
+            result["largest"] = bench.largest(large, through)
+        return result
+    finally:
+        gateway.stop()
+
+
+def peer_runs(bench: Bench, small: str, tmp: Path) -> dict[str, Any]:
+    from bench.peers import litellm_proxy
+    out: dict[str, Any] = {}
+    with litellm_proxy(small, tmp, SMALL, UPSTREAM_KEY) as peer:
+        if isinstance(peer, str):
+            return {"litellm": {"skipped": peer}}
+        url, pid = peer
+        out["litellm"] = {"version": peer_version(tmp),
+                          "latency": bench.latency("litellm", small, url, pid, None, False),
+                          "throughput": bench.throughput("litellm", small, url, pid, None, False)}
+    return out
+
+
+def peer_version(tmp: Path) -> str:
+    version = tmp / "litellm-version"
+    return version.read_text().strip() if version.exists() else "?"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "benchmark": "gateway overhead: direct to the fake upstream vs through the gateway",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()},
+        "requests": {"sequential": args.requests, "throughput": args.throughput_requests,
+                     "largest": args.large_requests},
+        "load_generator": "aiohttp client in its own process",
+    }
+    ctx = multiprocessing.get_context("spawn")
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="embedgate-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        load = stack.enter_context(concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx))
+        small = stack.enter_context(upstream(64))
+        large = stack.enter_context(upstream(LARGE_DIMS))
+        bench = Bench(load, args)
+        for mode in args.modes:
+            report[mode] = run_mode(bench, mode, small, large, tmp, stack)
+        if args.peers:
+            report["peers"] = peer_runs(bench, small, tmp)
+    return report
+
+
+# --- output -----------------------------------------------------------------------------------------------
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, embedgate, peer) rows for the table."""
+    out: list[tuple[str, str, str]] = []
+    peer = report.get("peers", {}).get("litellm", {})
+    peer_ok = "latency" in peer
+
+    def lat(r: dict[str, Any]) -> str:
+        a = r["added"]
+        return f"+{a['p50_ms']:.2f} / +{a['p90_ms']:.2f} / +{a['p99_ms']:.2f}"
+
+    def pv(fn: Callable[[dict[str, Any]], str]) -> str:
+        return fn(peer) if peer_ok else ("—" if not peer else peer.get("skipped", "—")[:40])
+
+    if "latency" in report.get("open", {}):
+        o = report["open"]
+        d = o["latency"]["direct"]
+        out.append(("direct p50 / p90 / p99 ms", f"{d['p50_ms']:.2f} / {d['p90_ms']:.2f} / {d['p99_ms']:.2f}", ""))
+        out.append(("added p50/p90/p99 ms, open", lat(o["latency"]), pv(lambda p: lat(p["latency"]))))
+        for c, r in o["throughput"].items():
+            out.append((f"req/s through ÷ direct, open, c={c}",
+                        f"{r['through_rps']:.0f} / {r['direct_rps']:.0f} = {r['ratio']:.2f}",
+                        pv(lambda p, c=c: "{through_rps:.0f} / {direct_rps:.0f} = {ratio:.2f}".format(
+                            **p["throughput"][c]))))
+        out.append(("gateway CPU µs/request, open, seq / c=32",
+                    f"{o['latency']['cpu_us_per_request']:.0f} / {o['throughput']['32']['cpu_us_per_request']:.0f}",
+                    pv(lambda p: f"{p['latency']['cpu_us_per_request']:.0f} / "
+                                 f"{p['throughput']['32']['cpu_us_per_request']:.0f}")))
+        for fmt in ("base64", "float"):
+            r = o["largest"][fmt]
+            out.append((f"largest 2048x1536 {fmt}: direct p50 → added p50 ms",
+                        f"{r['direct']['p50_ms']:.0f} → +{r['added']['p50_ms']:.1f}", ""))
+    if "latency" in report.get("production", {}):
+        p = report["production"]
+        out.append(("added p50/p90/p99 ms, production miss", lat(p["latency"]), ""))
+        out.append(("added p50/p90/p99 ms, production hit", lat(p["latency"]["hit"]), ""))
+        for c, r in p["throughput"].items():
+            out.append((f"req/s ÷ direct, production c={c}, miss / hit",
+                        f"{r['ratio']:.2f} / {r['hit_ratio']:.2f}", ""))
+        t32 = p["throughput"]["32"]
+        out.append(("gateway CPU µs/request, production c=32, miss / hit",
+                    f"{t32['cpu_us_per_request']:.0f} / {t32['hit_cpu_us_per_request']:.0f}", ""))
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    peer = report.get("peers", {}).get("litellm")
+    head = ("figure", "embedgate", f"LiteLLM proxy {peer.get('version', '')}".strip() if peer else "")
+    lines = [f"| {head[0]} | {head[1]} |" + (f" {head[2]} |" if peer else "")]
+    lines.append("|---|---|" + ("---|" if peer else ""))
+    for figure, ours, theirs in rows(report):
+        lines.append(f"| {figure} | {ours} |" + (f" {theirs} |" if peer else ""))
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    series: list[tuple[str, dict[str, Any]]] = [(m, report[m]) for m in ("open", "production")
+                                                if "latency" in report.get(m, {})]
+    series += [(name, r) for name, r in report.get("peers", {}).items() if "latency" in r]
+    qs = ("p50_ms", "p90_ms", "p99_ms")
+    width = 0.8 / max(1, len(series))
+    for i, (name, r) in enumerate(series):
+        left.bar([j + i * width for j in range(3)], [r["latency"]["added"][q] for q in qs], width, label=name)
+        right.plot([str(c) for c in CONCURRENCIES], [r["throughput"][str(c)]["ratio"] for c in CONCURRENCIES],
+                   marker="o", label=name)
+    left.set_xticks([j + width * (len(series) - 1) / 2 for j in range(3)], ["p50", "p90", "p99"])
+    left.set_ylabel("added latency, ms")
+    left.set_yscale("symlog")
+    left.legend()
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("throughput through ÷ direct")
+    right.set_ylim(0, 1.05)
+    right.legend()
+    fig.suptitle(f"embedgate overhead, {report['date']}, {report['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=1000, help="sequential one-input requests per phase")
+    parser.add_argument("--throughput-requests", type=int, default=3000, help="requests per throughput phase")
+    parser.add_argument("--large-requests", type=int, default=8, help="largest requests per format and path")
+    parser.add_argument("--modes", nargs="+", default=["open", "production"], choices=["open", "production"])
+    parser.add_argument("--peers", action="store_true", default=os.environ.get("PEERS") == "1",
+                        help="also LiteLLM's proxy, installed in a throwaway venv (PEERS=1)")
+    parser.add_argument("--output", type=Path, help="default: bench/results/<date>.json")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(f"{report['machine']['cpus']} CPUs, load average {report['machine']['load_average']}, "
+          f"{args.requests} sequential requests, {args.throughput_requests} per throughput phase")
+    print(table(report))
+    output = args.output or RESULTS / f"{datetime.date.today().isoformat()}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report["table"] = table(report)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+    png = plot(report, output.with_suffix(".png"))
+    print(f"wrote {png}" if png else "matplotlib is not installed: no plot")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Peers for `make bench PEERS=1`, each installed from PyPI into a throwaway venv under the run's temp dir.
+
+- LiteLLM's proxy (`litellm[proxy]`) in front of the same fake upstream as embedgate (bench/gateway.py).
+
+A peer that does not install or start within its time gives a sentence saying why, never a figure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from testkit.servers import free_port, stop_process
+
+INSTALL_TIMEOUT = float(os.environ.get("PEER_INSTALL_TIMEOUT", "600"))
+
+
+def venv(directory: Path, *requirements: str) -> Path | str:
+    """A fresh venv with `requirements`; its python, or why not."""
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True, capture_output=True, timeout=120)
+        python = directory / "bin" / "python"
+        started = time.monotonic()
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements],
+                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"pip install {' '.join(requirements)} took over {INSTALL_TIMEOUT:.0f} s"
+    except subprocess.CalledProcessError as exc:
+        return f"python -m venv failed: {exc.stderr[-300:]!r}"
+    if done.returncode != 0:
+        return f"pip install {' '.join(requirements)} failed: {done.stderr.strip()[-300:]}"
+    print(f"installed {' '.join(requirements)} in {time.monotonic() - started:.0f} s", flush=True)
+    return python
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode} before it was ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return None
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    return f"not ready after {timeout:.0f} s"
+
+
+@contextmanager
+def litellm_proxy(api_base: str, tmp: Path, model: str, api_key: str) -> Iterator[tuple[str, int] | str]:
+    """LiteLLM's proxy serving `model` from `api_base`; yields (its api_base, its pid) or why it could not."""
+    python = venv(tmp / "litellm-venv", "litellm[proxy]")
+    if isinstance(python, str):
+        yield python
+        return
+    version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True)
+    (tmp / "litellm-version").write_text(version.stdout.strip())
+    config = tmp / "litellm.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_list": [{"model_name": model,
+                        "litellm_params": {"model": f"openai/{model}", "api_base": api_base, "api_key": api_key}}],
+        "litellm_settings": {"telemetry": False},
+    }))
+    port = free_port()
+    log = open(tmp / "litellm.log", "wb")
+    proc = subprocess.Popen([str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+    try:
+        problem = wait_http(f"http://127.0.0.1:{port}/health/readiness", proc, 180)
+        if problem:
+            yield f"litellm proxy {problem}: {(tmp / 'litellm.log').read_text(errors='replace')[-300:]}"
+        else:
+            yield f"http://127.0.0.1:{port}/v1", proc.pid
+    finally:
+        stop_process(proc)
+        log.close()
