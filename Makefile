@@ -41,7 +41,7 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.gateway $(if $(PEERS),--peers)
 	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.local
+	$(BIN)/python -m bench.local $(if $(PEERS),--peers)
 
 # Not part of `make test`: steady load through two replicas, upstream failures, a Redis restart.
 soak: $(VENV)/.dev-installed

