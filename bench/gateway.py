@@ -374,7 +374,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         return f"+{a['p50_ms']:.2f} / +{a['p90_ms']:.2f} / +{a['p99_ms']:.2f}"
 
     def pv(fn: Callable[[dict[str, Any]], str]) -> str:
-        return fn(peer) if peer_ok else ("—" if not peer else peer.get("skipped", "—")[:40])
+        return fn(peer) if peer_ok else "—"
 
     if "latency" in report.get("open", {}):
         o = report["open"]
@@ -414,6 +414,8 @@ def table(report: dict[str, Any]) -> str:
     lines.append("|---|---|" + ("---|" if peer else ""))
     for figure, ours, theirs in rows(report):
         lines.append(f"| {figure} | {ours} |" + (f" {theirs} |" if peer else ""))
+    if peer and "skipped" in peer:
+        lines.append(f"\nLiteLLM proxy not measured: {peer['skipped']}")
     return "\n".join(lines)
 
 

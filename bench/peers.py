@@ -79,7 +79,10 @@ def litellm_proxy(api_base: str, tmp: Path, model: str, api_key: str) -> Iterato
     log = open(tmp / "litellm.log", "wb")
     proc = subprocess.Popen([str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+                            # No master key: open, as embedgate runs in open mode (LiteLLM refuses to start
+                            # keyless unless told this is deliberate).
+                            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                                 "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"})
     try:
         problem = wait_http(f"http://127.0.0.1:{port}/health/readiness", proc, 180)
         if problem:
