@@ -102,6 +102,9 @@ def infinity_server(model_path: Path, tmp: Path, name: str) -> Iterator[str]:
     if isinstance(python, str):
         yield f"not: {python}"
         return
+    # PyPI's torchvision is built against PyPI's (CUDA) torch, and breaks `transformers` on the CPU torch;
+    # infinity does not need it for a text model.
+    subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", "torchvision"], capture_output=True)
     port = free_port()
     log = open(tmp / "infinity.log", "wb")
     proc = subprocess.Popen([str(python.parent / "infinity_emb"), "v2", "--model-id", str(model_path),
