@@ -438,7 +438,6 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
                    marker="o", label=name)
     left.set_xticks([j + width * (len(series) - 1) / 2 for j in range(3)], ["p50", "p90", "p99"])
     left.set_ylabel("added latency, ms")
-    left.set_yscale("symlog")
     left.legend()
     right.set_xlabel("concurrent clients")
     right.set_ylabel("throughput through ÷ direct")
