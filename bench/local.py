@@ -10,7 +10,8 @@ CPU (or whatever `--device` says); this process is the load and, afterwards, the
               the gateway stopped; the better of the two is the reference.
 
 Prints texts/s for each and the two ratios issue 7 judges (concurrent ÷ offline ≥ 0.9, concurrent ÷
-sequential ≥ 2); writes them into bench/results/local.json.
+sequential ≥ 2); writes them into bench/results/local.json. `--peers` (`make bench PEERS=1`) also measures
+infinity-emb serving the same model, the same way, from a throwaway venv (bench/peers.py).
 """
 
 from __future__ import annotations
