@@ -3,11 +3,11 @@ DeepInfra, TEI, vLLM, Ollama, infinity; Azure reuses the translation)."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
+import pybase64
 from pydantic import Field, model_validator
 
 from providers.base import (
@@ -66,7 +66,7 @@ def to_payload(batch: EmbedBatch, encoding_format: str, send_model: bool = True,
 
 def _vector(raw: Any) -> np.ndarray:
     if isinstance(raw, str):
-        return np.frombuffer(base64.b64decode(raw, validate=True), dtype="<f4")
+        return np.frombuffer(pybase64.b64decode(raw, validate=True), dtype="<f4")
     if isinstance(raw, list):
         return np.asarray(raw, dtype=np.float32)
     raise bad_response("embedding is neither a float list nor base64")

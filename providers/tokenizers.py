@@ -31,8 +31,10 @@ class Cl100k:
             self._decodable[token] = self._decodes(token)
 
     def count(self, texts: Sequence[str]) -> list[int]:
-        # disallowed_special=() : special-token text is counted as plain text, as OpenAI does.
-        return [len(ids) for ids in self._enc.encode_batch(list(texts), disallowed_special=())]
+        # Special-token text is counted as plain text, as OpenAI does: that is `encode_ordinary`. One call
+        # per text: `encode_batch` starts a thread pool per call (~400 µs for one short text, ~4 µs this way).
+        encode = self._enc.encode_ordinary
+        return [len(encode(text)) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode(list(ids))

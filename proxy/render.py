@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import orjson
+import pybase64
 
 from providers.base import Vectors
 
@@ -13,9 +12,9 @@ from providers.base import Vectors
 def embeddings_body(vectors: Vectors, *, model: str, encoding_format: str, prompt_tokens: int) -> bytes:
     rows = np.ascontiguousarray(vectors, dtype="<f4")
     if encoding_format == "base64":
+        encode = pybase64.b64encode_as_string
         data: list[dict[str, object]] = [
-            {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
-            for i, row in enumerate(rows)
+            {"object": "embedding", "index": i, "embedding": encode(row)} for i, row in enumerate(rows)
         ]
     else:
         data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]

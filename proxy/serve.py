@@ -12,6 +12,7 @@ it empties at start, so `/metrics` on any worker counts every worker's traffic.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -58,6 +59,9 @@ async def _serve(settings: Settings, listen: Listen) -> None:
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.server.drain_timeout,
                            access_log=None, handle_signals=False)
     await runner.setup()
+    # What start-up built lives as long as the process: out of the collector's sight, a full collection
+    # no longer walks it again and again under load.
+    gc.freeze()
     site = web.TCPSite(runner, listen.host, listen.port, reuse_port=listen.reuse_port or None)
     await site.start()
     log.info("embedgate (pid %d) serving %d model entries on http://%s:%d", os.getpid(), len(settings.models),

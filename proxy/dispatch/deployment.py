@@ -35,6 +35,10 @@ class Deployment:
         return self.options.weight
 
     @property
+    def started(self) -> bool:
+        return self._started.is_set()
+
+    @property
     def ready(self) -> bool:
         return self._started.is_set() and self.failure is None
 
@@ -65,12 +69,13 @@ class Deployment:
 
 async def wait_any_ready(model: str, deployments: list[Deployment]) -> None:
     """Return once the model can serve: every deployment has started (loaded) and one is up."""
-    try:
-        await asyncio.wait_for(asyncio.gather(*(d.wait_started() for d in deployments)), START_WAIT_SECONDS)
-    except TimeoutError:
-        if any(d.ready for d in deployments):
-            return
-        raise ServiceUnavailable(f"model {model!r} is still loading; retry shortly",
-                                 code="model_loading", headers={"Retry-After": "5"}) from None
+    if not all(d.started for d in deployments):  # after start-up, every request skips the wait: no task, no timer
+        try:
+            await asyncio.wait_for(asyncio.gather(*(d.wait_started() for d in deployments)), START_WAIT_SECONDS)
+        except TimeoutError:
+            if any(d.ready for d in deployments):
+                return
+            raise ServiceUnavailable(f"model {model!r} is still loading; retry shortly",
+                                     code="model_loading", headers={"Retry-After": "5"}) from None
     if not any(d.ready for d in deployments):
         raise ServiceUnavailable(f"model {model!r} failed to start", code="model_unavailable")
