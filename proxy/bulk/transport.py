@@ -4,7 +4,6 @@ OpenAI itself), or the gateway's own pipeline in this process (`--local`)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from providers.base import finite_seconds
+from providers.base import ProviderError, finite_seconds
+from providers.openai import from_payload as openai_from_payload
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -45,15 +45,13 @@ def request_body(model: str, texts: Sequence[str], dimensions: int | None) -> di
 
 
 def parse_answer(body: bytes, expected: int) -> tuple[npt.NDArray[np.float32], int]:
-    """An OpenAI embeddings answer (base64 or float rows, in any order) → vectors in input order, tokens."""
-    answer = orjson.loads(body)
-    rows = sorted(answer["data"], key=lambda row: row["index"])
-    if len(rows) != expected:
-        raise EmbedFailed(f"the server answered {len(rows)} embeddings for {expected} inputs")
-    vectors = np.stack([np.frombuffer(base64.b64decode(row["embedding"]), dtype="<f4")
-                        if isinstance(row["embedding"], str) else np.asarray(row["embedding"], dtype=np.float32)
-                        for row in rows]) if rows else np.zeros((0, 0), np.float32)
-    return vectors.astype(np.float32), int(answer.get("usage", {}).get("prompt_tokens", 0))
+    """An OpenAI embeddings answer → vectors in input order and its token count: the `openai` provider's
+    own parser, which also refuses a wrong count, mixed widths or non-finite values."""
+    try:
+        result = openai_from_payload(orjson.loads(body), expected)
+    except (orjson.JSONDecodeError, ProviderError) as err:
+        raise EmbedFailed(f"the server's answer is not an embeddings list: {err}") from err
+    return result.vectors, result.prompt_tokens or 0
 
 
 class HttpTransport:
