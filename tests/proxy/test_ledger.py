@@ -15,7 +15,7 @@ from proxy.errors import QuotaExceeded
 from proxy.settings import StoreSettings
 from proxy.usage import UsageFilter
 from testkit.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
-from tests.proxy.test_quota import TEAM, counters, key
+from tests.support.quota import TEAM, counters, key
 from tests.support.services import Services, with_services
 
 
