@@ -4,6 +4,7 @@ of its own that evicts under memory pressure while limits stay exact on the stat
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 from testkit.openai_upstream import FakeOpenAI, expected_vector
 from testkit.redis_server import NO_REDIS_REASON, REDIS_SERVER, RedisServer
 from tests.conftest import running_gateway, upstream_config
-from tests.support.admin import MASTER_KEY, create_key, embed
+from tests.support.admin import MASTER_KEY, admin, create_key, embed
 from tests.support.redis_sentinel import NO_SENTINEL_REASON, REDIS_SENTINEL, SentinelGroup
 from tests.support.replicas import burst
 
@@ -56,9 +57,22 @@ def test_the_gateway_follows_a_sentinel_failover_without_restart(fake_openai: Fa
         worker.join()
         assert promoted == sentinel_group.replica.port
         assert set(statuses) <= {200, 503}, statuses  # a 503 at worst, never a wrong answer or a 500
-        after = create_key(gateway.url, limits={"rpm": 5})  # writes reach the new primary: admin works
+        after = _create_key_once_writable(gateway.url, limits={"rpm": 5})  # writes reach the new primary
         assert [embed(gateway.url, after["key"], input=f"after {i}").status_code for i in range(6)] == \
             [200] * 5 + [429]  # and limits count there again
+
+
+def _create_key_once_writable(url: str, **body: object) -> dict[str, object]:
+    """The sentinels name the new primary a moment before it takes writes (it is still leaving replica mode),
+    and a pooled connection may still point at the dead one: the store answers 503 until then, which a client
+    retries. Within a few seconds the write must land."""
+    deadline = time.monotonic() + 10
+    while True:
+        resp = admin(url, "POST", "/admin/keys", json={"team": "search", **body})
+        if resp.status_code != 503 or time.monotonic() > deadline:
+            assert resp.status_code == 201, resp.text
+            return resp.json()  # type: ignore[no-any-return]
+        time.sleep(0.1)
 
 
 def test_cache_on_its_own_evicting_redis_while_limits_stay_exact(fake_openai: FakeOpenAI) -> None:
