@@ -216,6 +216,20 @@ class _Wanted:
     tokens: int  # the gateway's count
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the store held for one request's inputs, before any backend call."""
+
+    space: Space
+    keys: list[str]  # per input, in order
+    wanted: dict[str, _Wanted]  # per distinct key
+    joined: dict[str, Flight]  # keys already in flight in this process: not read
+    found: dict[str, Entry]
+    use_store: bool  # False: the store failed or is resting; neither read nor written
+    control: CacheControl
+    looked: int  # keys read from the store
+
+
 class EmbeddingCache:
     def __init__(self, store: Store, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.store = store
@@ -225,15 +239,10 @@ class EmbeddingCache:
         self._waiters: dict[Flight, int] = {}  # requests awaiting each flight; none left: it is cancelled
         self._store_down_until = 0.0
 
-    async def embed(self, space: Space | None, inputs: Sequence[EmbedInput], tokens: Sequence[int],
-                    fetch: Fetch, control: CacheControl = ALLOW_ALL) -> Served:
-        """Vectors for `inputs` in order; `tokens` are the gateway's per-input counts."""
-        if space is None:
-            started = time.perf_counter()
-            result = await fetch(inputs, tokens)
-            total = result.prompt_tokens if result.prompt_tokens is not None else sum(tokens)
-            return Served(result.vectors, total, (), "bypass", result.deployments, time.perf_counter() - started)
-
+    async def lookup(self, space: Space, inputs: Sequence[EmbedInput], tokens: Sequence[int],
+                     control: CacheControl = ALLOW_ALL) -> Lookup:
+        """The store's entries for `inputs` (one MGET): the first half of `embed`, which the pipeline runs
+        beside the quota charge so the two round trips overlap."""
         hasher = _space_hasher(space, space.dimensions)
         keys = [self.store.key("emb", input_digest(hasher, item)) for item in inputs]
         wanted: dict[str, _Wanted] = {}
@@ -245,12 +254,31 @@ class EmbeddingCache:
         joined = {key: self._flights[key] for key in wanted if key in self._flights}
         use_store = time.monotonic() >= self._store_down_until
         found: dict[str, Entry] = {}
+        looked = 0
         if use_store and control.read:
             read = await self._read(space, {k: w for k, w in wanted.items() if k not in joined})
             if read is None:
                 use_store = False
             else:
-                found = read
+                found, looked = read, len(wanted) - len(joined)
+        return Lookup(space, keys, wanted, joined, found, use_store, control, looked)
+
+    async def embed(self, space: Space | None, inputs: Sequence[EmbedInput], tokens: Sequence[int],
+                    fetch: Fetch, control: CacheControl = ALLOW_ALL, looked_up: Lookup | None = None) -> Served:
+        """Vectors for `inputs` in order; `tokens` are the gateway's per-input counts. `looked_up`: what
+        `lookup` found for these inputs, when the caller read the store already."""
+        if space is None:
+            started = time.perf_counter()
+            result = await fetch(inputs, tokens)
+            total = result.prompt_tokens if result.prompt_tokens is not None else sum(tokens)
+            return Served(result.vectors, total, (), "bypass", result.deployments, time.perf_counter() - started)
+        looked = looked_up if looked_up is not None else await self.lookup(space, inputs, tokens, control)
+        keys, wanted, joined, found, use_store = (looked.keys, looked.wanted, looked.joined, dict(looked.found),
+                                                  looked.use_store)
+        control = looked.control
+        if looked.looked:  # counted here, not in `lookup`: a request the quota refused has looked up nothing
+            self.metrics.cache_lookups.labels(space.model, "hit").inc(len(found))
+            self.metrics.cache_lookups.labels(space.model, "miss").inc(looked.looked - len(found))
         misses = {key: w for key, w in wanted.items() if key not in found}
         deployments: tuple[str, ...] = ()
         upstream = 0.0
@@ -307,8 +335,6 @@ class EmbeddingCache:
                     entry = Entry(truncate(full_entry.vector, space.dimensions), full_entry.tokens)
             if entry is not None:
                 found[key] = entry
-        self.metrics.cache_lookups.labels(space.model, "hit").inc(len(found))
-        self.metrics.cache_lookups.labels(space.model, "miss").inc(len(keys) - len(found))
         return found
 
     async def _fetch(self, space: Space, misses: dict[str, _Wanted], joined: Mapping[str, Flight],

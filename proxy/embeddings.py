@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
-from proxy.cache import ALLOW_ALL, CacheControl, Served, space_for
+from proxy.cache import ALLOW_ALL, CacheControl, Lookup, Served, Space, space_for
 from proxy.dispatch import Dispatched, Target
 from proxy.errors import GatewayError, InvalidRequest
 from proxy.gateway import Gateway
@@ -46,11 +47,23 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     except InvalidRequest as err:
         await gw.quotas.count_refused(principal, request.user, err)
         raise
-    with gw.tracing.span("quota"):
-        charge = await gw.quotas.charge(principal, request.user, counted.total)
+    space = cache_space(gw, route, counted, principal)
+    looked_up: asyncio.Task[Lookup] | None = None
+    if space is not None and cache_control.read and gw.quotas.charges(principal):
+        # The cache read and the quota charge are two round trips that need nothing of each other: overlap
+        # them. A refused request has read for nothing, which costs the store little.
+        looked_up = asyncio.get_running_loop().create_task(
+            gw.cache.lookup(space, request.inputs, counted.tokens, cache_control))
+    try:
+        with gw.tracing.span("quota"):
+            charge = await gw.quotas.charge(principal, request.user, counted.total)
+    except BaseException:
+        if looked_up is not None:
+            looked_up.cancel()
+        raise
     try:
         served = await embed_charged(gw, route, target, request.inputs, counted, charge, principal, request.user,
-                                     request.input_type, cache_control)
+                                     request.input_type, cache_control, looked_up=looked_up)
     except GatewayError as err:
         if err.input_index is not None:
             err.param = request.param(err.input_index)
@@ -63,21 +76,28 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
                              served.upstream_seconds)
 
 
+def cache_space(gw: Gateway, route: Route, counted: Counted, principal: Principal | None) -> Space | None:
+    return space_for(route.entry, route.space_identity(), counted.dimensions, gw.settings.cache,
+                     team=principal.team if principal else None, input_type=counted.input_type)
+
+
 async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Sequence[EmbedInput], counted: Counted,
                         charge: Charge, principal: Principal | None, user: str | None, input_type: str | None,
-                        cache_control: CacheControl = ALLOW_ALL, requests: int = 1) -> Served:
+                        cache_control: CacheControl = ALLOW_ALL, requests: int = 1, *,
+                        looked_up: Awaitable[Lookup] | None = None) -> Served:
     """Vectors for inputs already validated and charged: through the cache and the dispatcher, the
     charge refunded on failure (and for cache hits unless they are charged), usage recorded.
     The HTTP handler and the batch worker both come through here; `requests` is how many requests of
-    the caller these inputs answer (a batch packs many lines into one call)."""
+    the caller these inputs answer (a batch packs many lines into one call). `looked_up`: the store
+    read, when the caller started it already."""
 
     async def fetch(items: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
         return await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
 
-    space = space_for(route.entry, route.space_identity(), counted.dimensions, gw.settings.cache,
-                      team=principal.team if principal else None, input_type=counted.input_type)
     try:
-        served = await gw.cache.embed(space, inputs, counted.tokens, fetch, cache_control)
+        looked = await looked_up if looked_up is not None else None
+        space = looked.space if looked is not None else cache_space(gw, route, counted, principal)
+        served = await gw.cache.embed(space, inputs, counted.tokens, fetch, cache_control, looked)
     except BaseException:
         await gw.quotas.refund(charge)
         raise

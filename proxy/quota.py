@@ -181,6 +181,12 @@ class Quotas:
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
 
+    @staticmethod
+    def charges(principal: Principal | None) -> bool:
+        """Whether a request of `principal` is checked and charged on the store (the master key and an open
+        gateway are not)."""
+        return principal is not None and principal.team is not None
+
     async def charge(self, principal: Principal | None, user: str | None, tokens: int) -> Charge:
         """Check and charge every level at once; raise 429 (nothing charged) when one is over."""
         return await self._run(principal, user, tokens, commit=True)
@@ -226,8 +232,9 @@ class Quotas:
             self._outages.failed("refund", err)
 
     async def _run(self, principal: Principal | None, user: str | None, tokens: int, *, commit: bool) -> Charge:
-        if principal is None or principal.team is None:
+        if not self.charges(principal):
             return NOTHING
+        assert principal is not None and principal.team is not None
         keys = quota_keys(self._store, principal.team, principal.key_id, user)
         limits = principal.limits.model_dump()
         args = [tokens, int(commit), int(user is not None),

@@ -1,8 +1,13 @@
 """Usage counters per UTC day: requests, tokens and cache hits by team, key, end user and model.
 
 One hash per team and day, `{p}:{t:<team>}:usage:<YYYYMMDD>`, whose fields are JSON
-`[counter, key_id, user, model]`; written with one pipeline after a request, kept
-`USAGE_DAYS` days, read back and summed by `GET /admin/usage`.
+`[counter, key_id, user, model]`; kept `USAGE_DAYS` days, read back and summed by `GET /admin/usage`.
+
+Written off the response path, as a group commit: a request adds its counts in process and the one
+writer sends everything added so far in one MULTI pipeline, then again for what arrived meanwhile. One
+request at a time still gets one write each, right after its answer; under concurrency many requests
+share one. Nothing waits on a timer, so what a crash can lose is what one round trip holds, as before;
+a read (`query`) and shutdown (`aclose`) wait for what is still being written.
 
 The day is the store's (Redis `TIME`), the clock the quota scripts count days and months on, so a
 request's usage and its charge fall on the same day whatever the replica's own clock says.
@@ -10,6 +15,7 @@ request's usage and its charge fall on the same day whatever the replica's own c
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -74,6 +80,8 @@ class Usage:
         self._store = store
         self._outages = outages
         self._ledger = ledger
+        self._pending: dict[tuple[str, str], dict[str, int]] = {}  # (team, day hash) → field → amount
+        self._writer: asyncio.Task[None] | None = None
 
     def _day_key(self, team: str, day: date) -> str:
         return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
@@ -86,26 +94,44 @@ class Usage:
     async def record(self, principal: Principal | None, user: str | None, model: str, *,
                      tokens: int, requests: int = 1, cache_hits: int = 0, at: int | None = None) -> None:
         """Add one request's usage on the store's day of `at` (Redis TIME seconds, such as the quota
-        charge's), or of now when not given. A store failure is counted and logged, never raised."""
+        charge's), or of now when not given. Returns once it is queued for the writer; a store failure
+        is counted and logged, never raised."""
         if principal is None or principal.team is None:
             return
         key = self._day_key(principal.team, await self._day(at))
-        fields = [([counter, principal.key_id, user or "", model], amount)
-                  for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits))
-                  if amount]
-        pipe = self._store.pipeline()
-        for parts, amount in fields:
-            pipe.hincrby(key, orjson.dumps(parts).decode(), amount)
-        pipe.expire(key, USAGE_DAYS * 86400)
-        pipe.sadd(self._store.key("teams"), principal.team)
-        try:
-            await pipe.execute()
-        except STORE_ERRORS as err:
-            self._outages.failed("usage", err)
-            # Kept in process and written when the store returns (proxy/ledger.py). The MULTI runs
-            # whole or not at all; only a reply lost after EXEC ran (a timeout at that very moment)
-            # could count this request twice.
-            self._ledger.add_usage(principal.team, key, fields, USAGE_DAYS * 86400)
+        fields = self._pending.setdefault((principal.team, key), {})
+        for counter, amount in (("requests", requests), ("tokens", tokens), ("cache_hits", cache_hits)):
+            if amount:
+                field = orjson.dumps([counter, principal.key_id, user or "", model]).decode()
+                fields[field] = fields.get(field, 0) + amount
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write(), name="embedgate-usage")
+
+    async def _write(self) -> None:
+        """Write what is pending, one MULTI per round, until nothing is."""
+        while self._pending:
+            pending, self._pending = self._pending, {}
+            pipe = self._store.pipeline()
+            for (_, key), fields in pending.items():
+                for field, amount in fields.items():
+                    pipe.hincrby(key, field, amount)
+                pipe.expire(key, USAGE_DAYS * 86400)
+            pipe.sadd(self._store.key("teams"), *{team for team, _ in pending})
+            try:
+                await pipe.execute()
+            except STORE_ERRORS as err:
+                self._outages.failed("usage", err)
+                # Kept in process and written when the store returns (proxy/ledger.py). The MULTI runs
+                # whole or not at all; only a reply lost after EXEC ran (a timeout at that very moment)
+                # could count these requests twice.
+                for (team, key), fields in pending.items():
+                    self._ledger.add_usage(team, key, [(orjson.loads(f), a) for f, a in fields.items()],
+                                           USAGE_DAYS * 86400)
+
+    async def settle(self) -> None:
+        """Wait until every usage recorded so far has been written (or handed to the ledger)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
     async def _day(self, at: int | None) -> date:
         """The store's UTC day of `at` (Redis TIME seconds), or of now; the process's own day only while
@@ -120,6 +146,7 @@ class Usage:
         return datetime.now(UTC).date()
 
     async def query(self, where: UsageFilter, first: date, last: date) -> UsageReport:
+        await self.settle()  # this replica's own requests are in what it reports
         if where.team:
             teams = [where.team]
         else:

@@ -46,6 +46,7 @@ def test_charges_made_during_an_outage_reach_the_counters_when_it_ends(later_red
         for _ in range(12):  # 120 tokens served against a budget of 100: nobody could check it
             await s.quotas.charge(budget, "alice", 10)
             await s.usage.record(budget, "alice", "m", tokens=10)
+        await s.usage.settle()  # the usage writer has met the outage: its counts are in the ledger
         assert s.ledger.pending
         later_redis.start()
         assert await s.ledger.flush()
@@ -74,6 +75,7 @@ def test_a_refund_during_the_outage_gives_back_tokens_but_not_the_request(later_
 def test_a_flush_retried_after_a_lost_reply_counts_once(later_redis: RedisServer) -> None:
     async def body(s: Services) -> None:
         await s.usage.record(key(), None, "m", tokens=7)
+        await s.usage.settle()
         later_redis.start()
         apply = s.ledger._apply
         lost = {"n": 0}
@@ -98,6 +100,7 @@ def test_what_is_pending_at_shutdown_is_spilled_and_replayed_once(later_redis: R
     async def before_restart(s: Services) -> None:
         for user in ("a", "b"):
             await s.usage.record(key(), user, "m", tokens=5)
+        await s.usage.settle()
         assert not await s.ledger.flush()
         assert s.ledger.spill() is not None
 
@@ -118,6 +121,7 @@ def test_past_the_bound_usage_keeps_per_key_totals_only(later_redis: RedisServer
     async def body(s: Services) -> None:
         for n in range(400):
             await s.usage.record(key(), f"user-{n}", "m", tokens=1)
+            await s.usage.settle()  # one write (and one failure) per request, as one client at a time gives
         assert s.ledger.size < 150  # 100 detailed counters, then one coarse one per counter and key
         later_redis.start()
         assert await s.ledger.flush()

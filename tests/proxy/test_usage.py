@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -90,6 +91,34 @@ def test_a_request_is_counted_on_the_stores_day(fake_openai: FakeOpenAI, store_c
 async def test_a_store_that_does_not_answer_fails_no_request() -> None:
     async def body(s: Services) -> None:
         await s.usage.record(ALICE, None, "m", tokens=5)  # neither TIME nor the write is answered: counted, not raised
+        await s.usage.settle()
         await s.usage.record(ALICE, None, "m", tokens=5)  # now known to be down: the process's day, no TIME asked
+        await s.usage.settle()
         assert s.errors.labels("usage")._value.get() == 3
     await with_services(StoreSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout=0.5), body)
+
+
+@pytest.mark.asyncio
+async def test_concurrent_requests_share_usage_writes_and_every_one_counts(store_settings: StoreSettings) -> None:
+    """The group commit: records made while a write is under way go together in the next one, none is lost,
+    and a report made right after sees them all (the reader waits for the writer)."""
+    async def body(s: Services) -> None:
+        writes = 0
+        pipeline = s.store.pipeline
+
+        def counted(*args: object, **kwargs: object) -> object:
+            nonlocal writes
+            writes += 1
+            return pipeline(*args, **kwargs)
+
+        s.store.pipeline = counted  # type: ignore[method-assign]
+        day = await s.usage.today()
+        at = int(datetime.combine(day, datetime.min.time(), UTC).timestamp())
+        await asyncio.gather(*(s.usage.record(Principal(f"key_{n % 3}", "search"), f"u{n % 5}", "m", tokens=n,
+                                              cache_hits=n % 2, at=at) for n in range(200)))
+        report = await s.usage.query(UsageFilter(), day, day)
+        assert (report.total.requests, report.total.tokens, report.total.cache_hits) == (200, sum(range(200)), 100)
+        assert 1 <= writes < 10, writes  # not one write per request
+        per_key = await s.usage.query(UsageFilter(key="key_1"), day, day)
+        assert per_key.total.requests == len(range(1, 200, 3))
+    await with_services(store_settings, body)
