@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
-from proxy.cache import ALLOW_ALL, CacheControl, Served, space_for
+from proxy.cache import ALLOW_ALL, CacheControl, Served, caching, space_for
 from proxy.dispatch import Dispatched, Target
 from proxy.errors import GatewayError, InvalidRequest
 from proxy.gateway import Gateway
@@ -17,7 +17,7 @@ from proxy.quota import Charge
 from proxy.render import embeddings_body
 from proxy.request import EmbeddingRequest
 from proxy.routing import Route
-from proxy.validation import Counted, validate
+from proxy.validation import Counted, count_inputs, validate
 
 CACHE_HEADER = "x-embedgate-cache"
 DEPLOYMENT_HEADER = "x-embedgate-deployment"
@@ -41,8 +41,10 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     authorize_model(principal, request.model, route.entry)
     await route.service.wait_ready()
     target = route.target()
+    # Counts feed quota charges, usage records and cache entries: with none of them, bounds may do.
+    exact = principal is not None or caching(route.entry, gw.settings.cache)
     try:
-        counted = await validate(request, route, target)
+        counted = await validate(request, route, target, exact=exact)
     except InvalidRequest as err:
         await gw.quotas.count_refused(principal, request.user, err)
         raise
@@ -72,7 +74,12 @@ async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Seque
     the caller these inputs answer (a batch packs many lines into one call)."""
 
     async def fetch(items: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
-        return await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
+        result = await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
+        if counted.bounded and result.prompt_tokens is None:
+            # No usage from the backend, and validation only bounded the counts: the client's usage is
+            # the gateway's own count, as ever, taken now.
+            return replace(result, prompt_tokens=sum(await count_inputs(items, route.service.tokenizer)))
+        return result
 
     space = space_for(route.entry, route.space_identity(), counted.dimensions, gw.settings.cache,
                       team=principal.team if principal else None, input_type=counted.input_type)
