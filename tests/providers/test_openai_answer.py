@@ -12,6 +12,7 @@ import numpy as np
 import pybase64
 import pytest
 
+from providers import openai
 from providers.base import EmbedResult, ErrorKind, ProviderError
 from providers.http import json_body
 from providers.openai import base64_answer, from_payload, parse_answer
@@ -83,6 +84,16 @@ def test_padded_and_unpadded_rows(width: int) -> None:
     assert_same(body, 4)
 
 
+def test_many_long_rows_in_any_order() -> None:
+    """More rows than one decoding call takes (a 2048 x 1536 answer is decoded a stretch at a time)."""
+    rows = np.random.default_rng(5).standard_normal((100, 1536)).astype("<f4")
+    indices = list(np.random.default_rng(6).permutation(100))
+    body = answer([b64(rows[i]) for i in indices], indices=[int(i) for i in indices])
+    np.testing.assert_array_equal(parse_answer(body, 100).vectors, rows)
+    assert base64_answer(body, 100) is not None
+    assert_same(body, 100)
+
+
 # --- what the fast path leaves to the full decode: the same result or error all the same -------------------
 
 
@@ -115,6 +126,8 @@ CASES: dict[str, tuple[bytes, int]] = {
     "non-ascii in a row": (swapped(answer(["AACAP\u00e9=="]), b"\\u00e9", "\u00e9".encode()), 1),
     "rows of two widths": (answer([b64([1.0]), b64([1.0, 2.0])]), 2),
     "same length, other padding": (answer(["AAAAAA==", "AAAAAAA="]), 2),
+    "unpadded, then padded": (answer(["AAAAAAAA", "AAAAAA=="]), 2),
+    "padding inside a row": (answer(["AAAAAAAA", "AAAA=AAA"]), 2),
     "NaN": (answer([b64([float("nan"), 1.0])]), 1),
     "infinity": (answer([b64([1.0, float("-inf")])]), 1),
     "index out of range": (answer([b64([1.0]), b64([2.0])], indices=[0, 5]), 2),
@@ -221,7 +234,10 @@ def test_random_answers_read_fast_to_the_same_result() -> None:
         assert kind == "ok"
 
 
-def test_random_damage_reads_as_the_full_decode_reads_it() -> None:
+@pytest.mark.parametrize("stretch", [None, 24])  # 24 bytes of base64 a call: rows decoded a few at a time
+def test_random_damage_reads_as_the_full_decode_reads_it(stretch: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if stretch is not None:
+        monkeypatch.setattr(openai, "_STRETCH", stretch)
     rng = random.Random(11)
     for _ in range(1500):
         body, count = random_answer(rng)
