@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from providers.base import ANY_DIMENSIONS, Capabilities, EmbedBatch, EmbedResult
 from providers.http import HttpClient
-from providers.openai import from_payload as openai_from_payload
+from providers.openai import parse_answer
 from providers.openai import to_payload as openai_to_payload
 from providers.options import DeploymentOptions
 from providers.remote import RemoteProvider
@@ -95,5 +95,5 @@ class AzureProvider(RemoteProvider):
         )
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:
-        body = await self.post(endpoint(self.options, batch.model), to_payload(batch, self.options))
-        return openai_from_payload(body, len(batch.inputs))
+        body = await self.post_bytes(endpoint(self.options, batch.model), to_payload(batch, self.options))
+        return parse_answer(body, len(batch.inputs))

@@ -108,6 +108,14 @@ def _blamed_input(data: Any) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def json_body(body: bytes) -> Any:
+    """A 2xx answer's body as JSON; not JSON at all is the backend's fault (502), never ours."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ProviderError(ErrorKind.BAD_RESPONSE, "backend answered with invalid JSON") from err
+
+
 class HttpClient:
     """Owns the pooled `aiohttp.ClientSession`; created lazily inside the running loop."""
 
@@ -121,7 +129,7 @@ class HttpClient:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    async def post_json(
+    async def post(
         self,
         url: StrOrURL,
         payload: Any,
@@ -129,8 +137,9 @@ class HttpClient:
         headers: Mapping[str, str],
         timeout: float,  # noqa: ASYNC109 -- a per-backend budget passed on to aiohttp, not a cancel scope
         secrets: tuple[str, ...] = (),
-    ) -> Any:
-        """POST JSON, return the decoded answer, or raise `ProviderError`.
+    ) -> bytes:
+        """POST JSON, return the answer's raw body (decode it with `json_body`, or parse it yourself), or
+        raise `ProviderError`.
 
         `payload` goes as JSON, or as it is when already `bytes` (a signed body must be the bytes signed).
 
@@ -159,10 +168,7 @@ class HttpClient:
             raise ProviderError(ErrorKind.TIMEOUT, f"backend did not answer within {timeout:g}s") from err
         except aiohttp.ClientError as err:
             raise ProviderError(ErrorKind.UNAVAILABLE, f"cannot reach backend: {type(err).__name__}") from err
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            raise ProviderError(ErrorKind.BAD_RESPONSE, "backend answered with invalid JSON") from err
+        return body
 
     @staticmethod
     def _status_error(

@@ -75,16 +75,21 @@ class Space:
         return self.dimensions or self.native_dimensions
 
 
+def caching(entry: ModelEntry, settings: CacheSettings) -> bool:
+    """Whether `entry`'s answers go through the cache: its own setting, else the global one."""
+    override = entry.cache
+    return override.enabled if override and override.enabled is not None else settings.enabled
+
+
 def space_for(entry: ModelEntry, identity: tuple[str, ...], dimensions: int | None, settings: CacheSettings, *,
               team: str | None = None, input_type: str | None = None) -> Space | None:
     """The cache space of one request, or None when caching is off for this model.
 
     Entries are per team unless `cache.scope: global`: otherwise any key holder could learn, from
     a hit, that another team embedded a text."""
-    override = entry.cache
-    enabled = override.enabled if override and override.enabled is not None else settings.enabled
-    if not enabled:
+    if not caching(entry, settings):
         return None
+    override = entry.cache
     scope = ("global",) if settings.scope == "global" else ("team", team or "")
     return Space(
         model=entry.name, identity=(*identity, *scope), revision=entry.revision,

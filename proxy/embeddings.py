@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from providers.base import EmbedInput
 from proxy.auth import Principal, authorize_model
-from proxy.cache import ALLOW_ALL, CacheControl, Lookup, Served, Space, space_for
+from proxy.cache import ALLOW_ALL, CacheControl, Lookup, Served, Space, caching, space_for
 from proxy.dispatch import Dispatched, Target
 from proxy.errors import GatewayError, InvalidRequest
 from proxy.gateway import Gateway
@@ -18,7 +18,7 @@ from proxy.quota import Charge
 from proxy.render import embeddings_body
 from proxy.request import EmbeddingRequest
 from proxy.routing import Route
-from proxy.validation import Counted, validate
+from proxy.validation import Counted, count_inputs, validate
 
 CACHE_HEADER = "x-embedgate-cache"
 DEPLOYMENT_HEADER = "x-embedgate-deployment"
@@ -42,8 +42,10 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     authorize_model(principal, request.model, route.entry)
     await route.service.wait_ready()
     target = route.target()
+    # Counts feed quota charges, usage records and cache entries: with none of them, bounds may do.
+    exact = principal is not None or caching(route.entry, gw.settings.cache)
     try:
-        counted = await validate(request, route, target)
+        counted = await validate(request, route, target, exact=exact)
     except InvalidRequest as err:
         await gw.quotas.count_refused(principal, request.user, err)
         raise
@@ -92,7 +94,12 @@ async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Seque
     read, when the caller started it already."""
 
     async def fetch(items: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
-        return await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
+        result = await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
+        if counted.bounded and result.prompt_tokens is None:
+            # No usage from the backend, and validation only bounded the counts: the client's usage is
+            # the gateway's own count, as ever, taken now.
+            return replace(result, prompt_tokens=sum(await count_inputs(items, route.service.tokenizer)))
+        return result
 
     try:
         looked = await looked_up if looked_up is not None else None

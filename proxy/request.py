@@ -36,10 +36,6 @@ class EmbeddingRequest:
     def param(self, index: int) -> str:
         return "input" if self.single else f"input[{index}]"
 
-    @property
-    def texts(self) -> list[tuple[int, str]]:
-        return [(i, x) for i, x in enumerate(self.inputs) if isinstance(x, str)]
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
 
-from providers.tokenizers import cl100k
+from providers.base import EmbedInput
+from providers.tokenizers import Cl100k, Tokenizer, cl100k
 from proxy.dispatch import Target, check_servable
 from proxy.errors import InvalidRequest
 from proxy.request import MAX_TOKENS_PER_REQUEST, EmbeddingRequest, too_many_tokens
@@ -19,9 +21,12 @@ OFF_LOOP_CHARS = 64_000  # count bigger requests on a worker thread so the loop 
 
 @dataclass(frozen=True, slots=True)
 class Counted:
-    tokens: tuple[int, ...]  # per input, in order
+    tokens: tuple[int, ...]  # per input, in order: its count, or an upper bound of it when `bounded`
     dimensions: int | None  # what to ask the backend for; None = native size
     input_type: str | None = None  # as it will reach a backend (None when every deployment ignores it)
+    # `tokens` are UTF-8 byte bounds (see `token_bounds`): good for splitting to caps, never for a charge,
+    # a cache entry or the client's usage.
+    bounded: bool = False
 
     @property
     def total(self) -> int:
@@ -65,11 +70,11 @@ def check_token_ids(request: EmbeddingRequest) -> None:
                          param=request.param(index), code="invalid_value")
 
 
-async def count_tokens(request: EmbeddingRequest, route: Route) -> list[int]:
-    counts = [0 if isinstance(x, str) else len(x) for x in request.inputs]
-    texts = request.texts
+async def count_inputs(inputs: Sequence[EmbedInput], tokenizer: Tokenizer) -> list[int]:
+    """Each input's tokens: a token array's length, a text's count by `tokenizer`."""
+    counts = [0 if isinstance(x, str) else len(x) for x in inputs]
+    texts = [(index, x) for index, x in enumerate(inputs) if isinstance(x, str)]
     if texts:
-        tokenizer = route.service.tokenizer
         strings = [text for _, text in texts]
         if sum(map(len, strings)) > OFF_LOOP_CHARS:
             text_counts = await asyncio.to_thread(tokenizer.count, strings)
@@ -78,6 +83,28 @@ async def count_tokens(request: EmbeddingRequest, route: Route) -> list[int]:
         for (index, _), n in zip(texts, text_counts, strict=True):
             counts[index] = n
     return counts
+
+
+def utf8_bytes(text: str) -> int:
+    # An ASCII str knows it is ASCII: no encoding needed. Lone surrogates count 3 bytes, as tiktoken's
+    # replacement character does.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def token_bounds(request: EmbeddingRequest, route: Route, target: Target) -> list[int] | None:
+    """Upper bounds of the inputs' counts, when they prove that no limit (per input, per request) and no
+    deployment's cap of tokens per call can be crossed; else None, and the inputs must be counted.
+
+    A cl100k token is at least one byte of the text's UTF-8, so the bytes bound the count. Not so for a
+    local model's own tokenizer (it adds special tokens, and its count feeds the forward pass)."""
+    if not isinstance(route.service.tokenizer, Cl100k):
+        return None
+    bounds = [utf8_bytes(x) if isinstance(x, str) else len(x) for x in request.inputs]
+    caps = (c.deployment.provider.capabilities(c.model).max_tokens for tier in target.tiers for c in tier)
+    most = min([MAX_TOKENS_PER_REQUEST, *(cap for cap in caps if cap is not None)])
+    if max(bounds) > route.entry.max_input_tokens or sum(bounds) > most:
+        return None
+    return bounds
 
 
 def check_limits(request: EmbeddingRequest, route: Route, counts: list[int]) -> None:
@@ -102,11 +129,20 @@ def effective_input_type(request: EmbeddingRequest, target: Target) -> str | Non
     return request.input_type if takes else None
 
 
-async def validate(request: EmbeddingRequest, route: Route, target: Target) -> Counted:
-    """Every model-dependent rule, in the order a client can fix them."""
+async def validate(request: EmbeddingRequest, route: Route, target: Target, *, exact: bool = True) -> Counted:
+    """Every model-dependent rule, in the order a client can fix them.
+
+    `exact=False` is the caller's word that no quota, usage record or cache entry needs the counts: then
+    byte bounds stand in for them wherever they prove every limit safe (tiktoken on 2048 texts is most of
+    the gateway's own work on the largest requests), and the count waits until an answer without usage
+    needs it (proxy/embeddings.py)."""
     dimensions = check_dimensions(request, route)
     check_servable(target, dimensions, request.input_type)
     check_token_ids(request)
-    counts = await count_tokens(request, route)
+    input_type = effective_input_type(request, target)
+    bounds = None if exact else token_bounds(request, route, target)
+    if bounds is not None:
+        return Counted(tokens=tuple(bounds), dimensions=dimensions, input_type=input_type, bounded=True)
+    counts = await count_inputs(request.inputs, route.service.tokenizer)
     check_limits(request, route, counts)
-    return Counted(tokens=tuple(counts), dimensions=dimensions, input_type=effective_input_type(request, target))
+    return Counted(tokens=tuple(counts), dimensions=dimensions, input_type=input_type)

@@ -103,12 +103,13 @@ class FakeOpenAI:
     failure_rate: float = 0.0  # this share of calls answers 500 at random (seeded: a run repeats)
     received: list[Received] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # protocol violations seen; tests assert it stays empty
-    _failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    _failures: list[tuple[int, dict[str, Any] | bytes, dict[str, str]]] = field(default_factory=list)
     _random: random.Random = field(default_factory=lambda: random.Random(0))
 
-    def fail_next(self, status: int, times: int = 1, body: dict[str, Any] | None = None,
+    def fail_next(self, status: int, times: int = 1, body: dict[str, Any] | bytes | None = None,
                   headers: dict[str, str] | None = None) -> None:
-        """Answer the next `times` calls with `status` and `body` (any status: a 200 with a scripted body too)."""
+        """Answer the next `times` calls with `status` and `body` (any status: a 200 with a scripted body too;
+        `bytes` go as they are, JSON or not)."""
         payload = body or {"error": {"message": f"scripted failure {status}", "type": "server_error",
                                      "param": None, "code": None}}
         self._failures.extend([(status, payload, dict(headers or {}))] * times)
@@ -195,6 +196,8 @@ class FakeOpenAI:
             return problem
         if self._failures:
             status, payload, headers = self._failures.pop(0)
+            if isinstance(payload, bytes):
+                return web.Response(body=payload, status=status, headers=headers, content_type="application/json")
             return web.json_response(payload, status=status, headers=headers)
         if self.failure_rate and self._random.random() < self.failure_rate:
             return self._error(500, "The server had an error while processing your request.")

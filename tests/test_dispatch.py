@@ -4,6 +4,7 @@ injected (500s, 429 + Retry-After, timeouts, a deployment that is down, a hung-u
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import threading
 import time
@@ -244,6 +245,36 @@ def test_nonsense_from_upstream_is_a_502_never_cached(fake_openai: FakeOpenAI, c
         good = embed(gw.url, key, model="multi", input="hello")
     assert good.status_code == 200 and good.headers["x-embedgate-cache"] == "miss"
     assert int(good.headers["x-ratelimit-remaining-tokens"]) == 1000 - good.json()["usage"]["prompt_tokens"]
+
+
+GARBLED = {
+    "not JSON": b"<html>502 Bad Gateway</html>",
+    "cut short inside a row": b'{"data": [{"index": 0, "embedding": "AAAAPgAAAD4AAAA',
+    "a row not base64": b'{"data": [{"index": 0, "embedding": "AAAA@@@@"}]}',
+    "a decoy key": b'{"usage": {"x\\"embedding": "AAAAPg=="}, "data": [{"embedd\\u0069ng": ""}]}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(GARBLED))
+def test_a_garbled_base64_answer_is_a_502(fake_openai: FakeOpenAI, case: str) -> None:
+    """Read from its raw bytes (providers/openai.py parse_answer), a broken answer is still the backend's fault."""
+    fake_openai.fail_next(200, 1, body=GARBLED[case])
+    with running_gateway(config(deployment(fake_openai, "only"), dispatch={"max_attempts": 1})) as gw:
+        reply = embed(gw.url, None, model="multi", input="hello", encoding_format="base64")
+    assert (reply.status_code, reply.json()["error"]["code"]) == (502, "upstream_bad_response"), reply.text
+
+
+def test_a_pretty_printed_base64_answer_with_escapes_is_read(fake_openai: FakeOpenAI) -> None:
+    """Spaces and newlines around the key (OpenAI's own layout) and an escaped "/" (some servers write one)."""
+    rows = [[1.5, -0.7, 0.9] + [0.0] * 61, [0.125] * 64]
+    data = [{"object": "embedding", "index": i, "embedding": base64_of(row)} for i, row in enumerate(rows)]
+    raw = json.dumps({"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 4}}, indent=2)
+    assert "/" in raw
+    fake_openai.fail_next(200, 1, body=raw.replace("/", "\\/").encode())
+    with running_gateway(config(deployment(fake_openai, "only"))) as gw:
+        reply = embed_ok(gw.url, ["first", "second"], model="multi")
+    np.testing.assert_array_equal(reply.vectors, np.asarray(rows, np.float32))
+    assert reply.json()["usage"]["prompt_tokens"] == 4
 
 
 @pytest.mark.parametrize("retry_after", ["nan", "inf", "-3", "soon"])

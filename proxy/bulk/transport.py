@@ -15,7 +15,7 @@ import numpy.typing as npt
 import orjson
 
 from providers.base import ProviderError, finite_seconds
-from providers.openai import from_payload as openai_from_payload
+from providers.openai import parse_answer as parse_openai_answer
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -48,8 +48,8 @@ def parse_answer(body: bytes, expected: int) -> tuple[npt.NDArray[np.float32], i
     """An OpenAI embeddings answer → vectors in input order and its token count: the `openai` provider's
     own parser, which also refuses a wrong count, mixed widths or non-finite values."""
     try:
-        result = openai_from_payload(orjson.loads(body), expected)
-    except (orjson.JSONDecodeError, ProviderError) as err:
+        result = parse_openai_answer(body, expected)
+    except ProviderError as err:
         raise EmbedFailed(f"the server's answer is not an embeddings list: {err}") from err
     return result.vectors, result.prompt_tokens or 0
 
