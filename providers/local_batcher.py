@@ -2,13 +2,15 @@
 
 Concurrent requests join the same pass. Inputs are taken in rounds: a round is everything queued when
 the previous one ran out, sorted by length so a pass pads little; inputs that arrive meanwhile wait for
-the next round (no starvation), except to top up the round's last pass. A request whose caller went away
-(its future cancelled or timed out) is dropped from the queue before its pass.
+the next round (no starvation), except to top up the round's last pass: that pass holds the round's
+longest inputs, so it takes the new ones nearest its width, not the shortest, which would pad to them.
+A request whose caller went away (its future cancelled or timed out) is dropped from the queue before its pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -135,27 +137,61 @@ class Batcher(Generic[P]):
             if not self._round:
                 if not self._queue:
                     break
-                # Longest first, and among equals the latest first: passes take the shortest, oldest from the end.
-                self._round, self._queue = sorted(reversed(self._queue), key=lambda item: -item.length), []
+                self._new_round()
+                if chosen:
+                    width, tokens = self._top_up(chosen, width, tokens)
+                    break
+                continue
             item = self._round[-1]
             if item.request.dropped:
                 self._round.pop()
                 self._dead = max(0, self._dead - 1)
                 continue
-            wider = max(width, item.length)
-            padded = (len(chosen) + 1) * wider
-            if chosen and padded > self.max_batch_tokens:
-                break  # a single input longer than the budget still goes, alone
-            if len(chosen) >= self.min_batch_size and padded > PADDING_SLACK * (tokens + item.length):
+            if not self._fits(len(chosen), width, tokens, item.length):
                 break
             self._round.pop()
             chosen.append(item)
-            width, tokens = wider, tokens + item.length
+            width, tokens = max(width, item.length), tokens + item.length
+        for item in chosen:
             item.request.waiting -= 1
         if chosen:
             self.queued_inputs -= len(chosen)
             self.observer.queue_depth(self.queued_inputs)
         return chosen
+
+    def _new_round(self) -> None:
+        live = [item for item in reversed(self._queue) if not item.request.dropped]
+        self._dead = max(0, self._dead - (len(self._queue) - len(live)))
+        # Longest first, and among equals the latest first: passes take the shortest, oldest from the end.
+        self._round, self._queue = sorted(live, key=lambda item: -item.length), []
+
+    def _fits(self, count: int, width: int, tokens: int, length: int) -> bool:
+        """Whether a pass of `count` inputs, `width` wide, `tokens` in all, may take one of `length` more."""
+        padded = (count + 1) * max(width, length)
+        if count and padded > self.max_batch_tokens:
+            return False  # a single input longer than the budget still goes, alone
+        return count < self.min_batch_size or padded <= PADDING_SLACK * (tokens + length)
+
+    def _top_up(self, chosen: list[_Item[P]], width: int, tokens: int) -> tuple[int, int]:
+        """The round ran out mid-pass, leaving its longest inputs in it: fill the pass from the new round
+        with the inputs nearest its width rather than the shortest, which would pad to the old round's
+        longest. Returns the pass's width and tokens."""
+        ordered = self._round  # longest first
+        # ordered[lo:hi] is taken; it starts, empty, where the inputs no wider than the pass begin.
+        lo = hi = bisect.bisect_left(ordered, -width, key=lambda item: -item.length)
+        while len(chosen) < self.max_batch_size and (lo > 0 or hi < len(ordered)):
+            # A shorter input pads itself to the width; a longer one widens every input already chosen.
+            shorter = width - ordered[hi].length if hi < len(ordered) else None
+            longer = len(chosen) * (ordered[lo - 1].length - width) if lo > 0 else None
+            take_shorter = longer is None or (shorter is not None and shorter <= longer)
+            item = ordered[hi] if take_shorter else ordered[lo - 1]
+            if not self._fits(len(chosen), width, tokens, item.length):
+                break
+            hi, lo = (hi + 1, lo) if take_shorter else (hi, lo - 1)
+            chosen.append(item)
+            width, tokens = max(width, item.length), tokens + item.length
+        del ordered[lo:hi]
+        return width, tokens
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()

@@ -143,6 +143,49 @@ async def test_passes_keep_to_the_budgets_and_pad_little() -> None:
         assert batcher.queued_inputs == 0
 
 
+class Stepper(Model):
+    """A forward pass that runs only when the test lets one through (`step`), so requests can arrive mid-pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = threading.Semaphore(0)
+        self.began = threading.Condition()
+
+    def forward(self, payloads: list[int]) -> np.ndarray:
+        with self.began:
+            self.passes.append(list(payloads))
+            self.began.notify_all()
+        assert self.steps.acquire(timeout=10), "the test never let the pass through"
+        return answer(payloads)
+
+    async def entered_passes(self, count: int) -> None:
+        def wait() -> None:
+            with self.began:
+                assert self.began.wait_for(lambda: len(self.passes) >= count, timeout=10)
+
+        await asyncio.to_thread(wait)
+
+    async def step(self, passes_entered: int) -> None:
+        """Let the pass under way finish, then wait until `passes_entered` passes have begun."""
+        self.steps.release()
+        await self.entered_passes(passes_entered)
+
+
+async def test_a_round_that_runs_out_mid_pass_is_topped_up_with_the_nearest_lengths() -> None:
+    model = Stepper()
+    async with running(model, max_batch_tokens=1000, max_batch_size=4, min_batch_size=4) as batcher:
+        first = batcher.submit([-1], [1])
+        await model.entered_passes(1)  # [-1], held until the next step
+        old = [batcher.submit([i], [n]) for i, n in enumerate([10, 10, 10, 10, 40, 40], start=1)]
+        await model.step(2)  # the round of these six: [1, 2, 3, 4] (the shortest) is under way
+        new = [batcher.submit([i], [n]) for i, n in enumerate([10, 12, 38, 39, 60], start=11)]
+        for _ in range(3):
+            model.steps.release()
+        await asyncio.gather(first, *old, *new)
+    # The old round's longest two (40) are joined by the new round's nearest (39, 38), not its shortest (10, 12).
+    assert model.passes == [[-1], [1, 2, 3, 4], [5, 6, 14, 13], [11, 12, 15]]
+
+
 async def test_an_input_longer_than_the_budget_goes_alone() -> None:
     model = Model()
     async with running(model) as batcher:
