@@ -162,19 +162,21 @@ def test_a_request_whose_client_went_away_is_not_encoded(local_gateway: Threaded
     gate, seen = threading.Event(), []
     forward = batcher._forward
 
-    def held(payloads: list[Any]) -> np.ndarray:  # the first pass waits at the gate: the queue holds
+    def held(payloads: list[Any]) -> np.ndarray:  # the first passes wait at the gate: the queue holds
         seen.extend(payloads)
         assert gate.wait(60)
         return forward(payloads)
 
     monkeypatch.setattr(batcher, "_forward", held)
-    first = threading.Thread(target=embed, args=(local_gateway, ["held at the gate"]))
-    first.start()
+    first = [threading.Thread(target=embed, args=(local_gateway, [f"held at the gate {i}"]))
+             for i in range(batcher.workers)]
     try:
         deadline = time.monotonic() + 60
-        while batcher.encoding_inputs < 1:
-            assert time.monotonic() < deadline, "the first pass never started"
-            time.sleep(0.005)
+        for busy, thread in enumerate(first, start=1):  # one pass on each worker
+            thread.start()
+            while batcher.encoding_inputs < busy:
+                assert time.monotonic() < deadline, "a held pass never started"
+                time.sleep(0.005)
         gone = "the client of this text hung up"
         with pytest.raises(httpx.TimeoutException):  # queued behind the held pass; the client gives up
             httpx.post(local_gateway.url + "/v1/embeddings", json={"model": LOCAL, "input": [gone]}, timeout=1.0)
@@ -183,10 +185,12 @@ def test_a_request_whose_client_went_away_is_not_encoded(local_gateway: Threaded
             time.sleep(0.005)
     finally:
         gate.set()
-        first.join(timeout=60)
+        for thread in first:
+            if thread.ident is not None:  # started
+                thread.join(timeout=60)
     assert embed(local_gateway, ["after the gate"]).shape == (1, 384)
     assert tokenizer.model_ids([gone])[0].tolist() not in [x.tolist() for x in seen]
-    assert len(seen) == 2  # the held text, then the one after the gate
+    assert len(seen) == batcher.workers + 1  # the held texts, then the one after the gate
 
 
 @pytest.mark.asyncio
