@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from providers.local import cpu_count, default_torch_threads, default_workers
+from providers.local import cpu_count, cpu_share, default_torch_threads, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "local.json"
@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway(config, Path(tmp), args.ready_timeout) as url:
         sequential = asyncio.run(clients(url, sequential_texts, 1))
         concurrent = asyncio.run(clients(url, concurrent_texts, args.clients))
-    gateway_workers = args.workers or default_workers(args.device, cpu_count())
-    gateway_threads = args.torch_threads or default_torch_threads(cpu_count(), gateway_workers)
+    gateway_workers = args.workers or default_workers(args.device, cpu_share())
+    gateway_threads = args.torch_threads or default_torch_threads(cpu_share(), gateway_workers)
     offline_rates = offline(concurrent_texts, args.device, sorted({cpu_count(), gateway_threads}))
     best = max(offline_rates.values())
     peers = infinity(args, sequential_texts, concurrent_texts, best) if args.peers else {}

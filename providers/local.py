@@ -41,11 +41,11 @@ from providers.tokenizers import Tokenizer
 MAX_QUEUED_INPUTS = 32_768  # beyond this, refuse (503) rather than queue without bound
 OFF_LOOP_CHARS = 64_000  # texts the gateway did not count (prefixed, decoded) are tokenized off the loop past this
 CACHED_TOKENS = 1 << 20  # token ids kept between the gateway's count and the forward pass
-# A GPU pass costs mostly its launch until it holds thousands of tokens (not measured on this project's
-# machines): its passes take at least GPU_MIN_BATCH inputs and pad freely. A CPU pass's cost is measured
-# (providers/local_batcher.py CPU_PASS_OVERHEAD): small passes of alike lengths cost least.
+# A CPU pass's cost is measured (providers/local_batcher.py CPU_PASS_OVERHEAD): small passes of alike
+# lengths cost least. A GPU pass costs mostly its kernel launches until it holds thousands of tokens (assumed,
+# not measured on this project's machines): at least GPU_MIN_BATCH inputs, and padding counts for little.
 CPU_MIN_BATCH, GPU_MIN_BATCH = 1, 64
-GPU_PASS_OVERHEAD = 4096
+GPU_PASS_OVERHEAD = 16_384
 TokenIds = npt.NDArray[np.int32]
 WARM_UP_TEXTS = ("warm-up", "A warm-up pass before the gateway reports ready.")
 
@@ -64,9 +64,10 @@ class LocalOptions(DeploymentOptions):
                                   description="seconds an idle model waits for concurrent requests to join a pass")
     workers: int | None = Field(None, ge=1, description="forward passes run side by side, each on its own thread; "
                                                         "default: 2 on a CPU (1 with one CPU), 1 on a GPU")
-    torch_threads: int | None = Field(None, ge=1, description="torch's CPU threads for each pass; default: the CPUs "
-                                                               "less one for the event loop, shared among the "
-                                                               "workers, at least 1 each")
+    torch_threads: int | None = Field(None, ge=1, description="torch's CPU threads for each pass; default: the "
+                                                               "process's CPUs (OMP_NUM_THREADS where set) less one "
+                                                               "for the event loop, shared among the workers, at "
+                                                               "least 1 each")
 
 
 def _import_sentence_transformers() -> Any:
@@ -104,6 +105,13 @@ def pick_device(preference: str, torch: Any) -> str:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_share() -> int:
+    """The CPUs this process's model may use: OMP_NUM_THREADS where it is set (the image gives each of its
+    worker processes its share that way), else the CPUs the process may run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else cpu_count()
 
 
 def default_workers(device: str, cpus: int) -> int:
@@ -211,8 +219,9 @@ class SentenceTransformerModel:
         st, torch = _import_sentence_transformers()
         self.torch = torch
         self.device = pick_device(device_preference, torch)
-        self.workers = workers or default_workers(self.device, cpu_count())
-        torch.set_num_threads(threads or default_torch_threads(cpu_count(), self.workers))
+        cpus = cpu_share()
+        self.workers = workers or default_workers(self.device, cpus)
+        torch.set_num_threads(threads or default_torch_threads(cpus, self.workers))
         model = st.SentenceTransformer(path, device=self.device, local_files_only=True)
         if self.device == "cuda":
             model.half()
@@ -277,7 +286,7 @@ class LocalProvider:
         self._model: LoadedModel | None = None
         self.device: str | None = None
         # Threads start on demand: as many as the batcher's workers (the model's, once loaded) at most.
-        self._executor = ThreadPoolExecutor(max_workers=options.workers or cpu_count(),
+        self._executor = ThreadPoolExecutor(max_workers=options.workers or cpu_share(),
                                             thread_name_prefix="embedgate-local")
         self.batcher: Batcher[Any] | None = None
         self._observer: QueueObserver = Unobserved()

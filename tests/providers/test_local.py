@@ -15,7 +15,16 @@ import openai
 import pytest
 
 from providers.base import EmbedBatch, ErrorKind, ProviderError
-from providers.local import WARM_UP_TEXTS, HFTokenizer, LocalOptions, LocalProvider
+from providers.local import (
+    WARM_UP_TEXTS,
+    HFTokenizer,
+    LocalOptions,
+    LocalProvider,
+    cpu_count,
+    cpu_share,
+    default_torch_threads,
+    default_workers,
+)
 from proxy.handlers import GATEWAY
 from testkit.servers import ThreadedServer
 from tests.support.local_model import bundled_tokenizer, stand_in
@@ -262,3 +271,36 @@ async def test_input_type_picks_the_models_prefix() -> None:
         await provider.aclose()
     assert seen[1:] == [["query: a"], ["passage: b"], ["c"]]  # seen[0]: the warm-up pass
     assert not LocalProvider(LocalOptions()).capabilities("m").input_type
+
+
+def test_passes_side_by_side_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [default_workers("cpu", cpus) for cpus in (1, 2, 16)] == [1, 2, 2]
+    assert default_workers("cuda", 16) == default_workers("mps", 16) == 1
+    # The CPUs less one for the event loop, split among the workers; where none is left over, they share it.
+    assert [default_torch_threads(cpus, default_workers("cpu", cpus)) for cpus in (1, 2, 4, 16)] == [1, 1, 1, 7]
+    assert default_torch_threads(16, 1) == 15  # a GPU's one worker
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the image gives each worker process its share so
+    assert cpu_share() == 3
+    for unset in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert cpu_share() == cpu_count()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("omp_threads", ["1", ""])
+async def test_the_model_takes_the_process_share_of_the_cpus(omp_threads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", omp_threads)
+    provider = LocalProvider(LocalOptions(device="cpu"))
+    await provider.start()
+    try:
+        assert provider.batcher is not None
+        workers = default_workers("cpu", cpu_count()) if not omp_threads else 1
+        assert provider.batcher.workers == workers
+        assert torch.get_num_threads() == default_torch_threads(cpu_share(), workers)
+        vectors = await asyncio.gather(*(provider.embed(EmbedBatch(model=LOCAL, inputs=[f"text {i}"]))
+                                         for i in range(8)))
+        assert all(v.vectors.shape == (1, 384) for v in vectors)
+    finally:
+        await provider.aclose()
