@@ -6,8 +6,8 @@ CPU (or whatever `--device` says); this process is the load and, afterwards, the
 - sequential: one client, one text per request, one request at a time;
 - concurrent: `--clients` clients, one text per request, back to back (the batcher merges them);
 - offline:    `SentenceTransformer.encode` of the same texts in this process, batched (batch_size 32),
-              with as many torch threads as CPUs and as the gateway's model has (cpus - 1 by default),
-              the gateway stopped; the better of the two is the reference.
+              with as many torch threads as CPUs and as each of the gateway's passes has (1 on 2 CPUs
+              by default), the gateway stopped; the better of the two is the reference.
 
 Prints texts/s for each and the two ratios issue 7 judges (concurrent ÷ offline ≥ 0.9, concurrent ÷
 sequential ≥ 2); writes them into bench/results/local.json. `--peers` (`make bench PEERS=1`) also measures
@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from providers.local import cpu_count
+from providers.local import cpu_count, cpu_share, default_torch_threads, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "local.json"
@@ -143,13 +143,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     deployment: dict[str, Any] = {"name": MODEL, "provider": "local", "device": args.device}
     if args.torch_threads:
         deployment["torch_threads"] = args.torch_threads
+    if args.workers:
+        deployment["workers"] = args.workers
     config = {"server": {"drain_grace": 0}, "store": {"url": "memory://"}, "cache": {"enabled": False},
               "models": [deployment]}
     with tempfile.TemporaryDirectory(prefix="embedgate-bench-local-") as tmp, \
             gateway(config, Path(tmp), args.ready_timeout) as url:
         sequential = asyncio.run(clients(url, sequential_texts, 1))
         concurrent = asyncio.run(clients(url, concurrent_texts, args.clients))
-    gateway_threads = args.torch_threads or max(1, cpu_count() - 1)
+    gateway_workers = args.workers or default_workers(args.device, cpu_share())
+    gateway_threads = args.torch_threads or default_torch_threads(cpu_share(), gateway_workers)
     offline_rates = offline(concurrent_texts, args.device, sorted({cpu_count(), gateway_threads}))
     best = max(offline_rates.values())
     peers = infinity(args, sequential_texts, concurrent_texts, best) if args.peers else {}
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "texts": {"concurrent": len(concurrent_texts), "sequential": len(sequential_texts)},
         "clients": args.clients,
         "gateway_torch_threads": gateway_threads,
+        "gateway_workers": gateway_workers,
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": cpu_count(),
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "texts_per_s": {
@@ -206,7 +210,8 @@ def table(report: dict[str, Any]) -> str:
         f"{'offline encode, best':34} {rates['offline_best']:9.1f}   ({offline_detail})",
         f"concurrent ÷ offline    {ratios['concurrent_vs_offline']:.3f}   (target ≥ 0.9)",
         f"concurrent ÷ sequential {ratios['concurrent_vs_sequential']:.2f}x   (target ≥ 2)",
-        f"concurrent ÷ offline with the gateway's torch threads ({report['gateway_torch_threads']}) "
+        f"concurrent ÷ offline with the torch threads of each of the gateway's {report['gateway_workers']} "
+        f"passes ({report['gateway_torch_threads']}) "
         f"{ratios['concurrent_vs_offline_same_threads']:.3f}",
         *peer_lines(report),
     ])
@@ -231,15 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", type=int, default=256, help="texts sent one at a time")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--torch-threads", type=int, default=None, help="the gateway's; default: its own (cpus - 1)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="the gateway's, for each pass; default: its own")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="the gateway's passes side by side; default: its own (2 on a CPU)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the model to load")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--peers", action="store_true", default=os.environ.get("PEERS") == "1",
                         help="also infinity-emb serving the same model, installed in a throwaway venv (PEERS=1)")
     args = parser.parse_args(argv)
     report = run(args)
-    print(f"{MODEL} on {args.device}, {cpu_count()} cpus, the gateway's torch threads "
-          f"{report['gateway_torch_threads']}, load average {report['machine']['load_average']}")
+    print(f"{MODEL} on {args.device}, {cpu_count()} cpus, the gateway's workers {report['gateway_workers']} "
+          f"x torch threads {report['gateway_torch_threads']}, load average {report['machine']['load_average']}")
     print(table(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,6 @@
 """A sentence-transformers model on this machine (GPU when there is one).
 
-The model runs on one dedicated thread fed by a bounded queue (providers/local_batcher.py): concurrent
+The model runs on its own threads fed by a bounded queue (providers/local_batcher.py): concurrent
 requests are merged into forward passes cut to a token budget, and the event loop never waits on torch.
 Texts are tokenized once: the ids the gateway counted are the ids the model reads.
 Imports torch lazily so the gateway runs without the `local` extra.
@@ -34,16 +34,18 @@ from providers.base import (
     check_shape,
 )
 from providers.http import HttpClient
-from providers.local_batcher import Batcher, QueueObserver, Unobserved
+from providers.local_batcher import CPU_PASS_OVERHEAD, Batcher, QueueObserver, Unobserved
 from providers.options import DeploymentOptions
 from providers.tokenizers import Tokenizer
 
 MAX_QUEUED_INPUTS = 32_768  # beyond this, refuse (503) rather than queue without bound
 OFF_LOOP_CHARS = 64_000  # texts the gateway did not count (prefixed, decoded) are tokenized off the loop past this
 CACHED_TOKENS = 1 << 20  # token ids kept between the gateway's count and the forward pass
-# Passes this big are efficient, so a pass may end there rather than pad to a much longer input.
-CPU_MIN_BATCH = 8
-GPU_MIN_BATCH = 64
+# A CPU pass's cost is measured (providers/local_batcher.py CPU_PASS_OVERHEAD): small passes of alike
+# lengths cost least. A GPU pass costs mostly its kernel launches until it holds thousands of tokens (assumed,
+# not measured on this project's machines): at least GPU_MIN_BATCH inputs, and padding counts for little.
+CPU_MIN_BATCH, GPU_MIN_BATCH = 1, 64
+GPU_PASS_OVERHEAD = 16_384
 TokenIds = npt.NDArray[np.int32]
 WARM_UP_TEXTS = ("warm-up", "A warm-up pass before the gateway reports ready.")
 
@@ -60,8 +62,12 @@ class LocalOptions(DeploymentOptions):
     max_batch_tokens: int = Field(16_384, ge=1, description="model tokens per forward pass, padding included")
     max_batch_wait: float = Field(0.002, ge=0, le=1.0,
                                   description="seconds an idle model waits for concurrent requests to join a pass")
-    torch_threads: int | None = Field(None, ge=1, description="torch's CPU threads; default: one less than the "
-                                                               "CPUs, so the event loop keeps one")
+    workers: int | None = Field(None, ge=1, description="forward passes run side by side, each on its own thread; "
+                                                        "default: 2 on a CPU (1 with one CPU), 1 on a GPU")
+    torch_threads: int | None = Field(None, ge=1, description="torch's CPU threads for each pass; default: the "
+                                                               "process's CPUs (OMP_NUM_THREADS where set) less one "
+                                                               "for the event loop, shared among the workers, at "
+                                                               "least 1 each")
 
 
 def _import_sentence_transformers() -> Any:
@@ -99,6 +105,28 @@ def pick_device(preference: str, torch: Any) -> str:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_share() -> int:
+    """The CPUs this process's model may use: OMP_NUM_THREADS where it is set (the image gives each of its
+    worker processes its share that way), else the CPUs the process may run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else cpu_count()
+
+
+def default_workers(device: str, cpus: int) -> int:
+    """Two passes side by side on a CPU: torch's threads within a pass wait for each other at every layer,
+    so on a busy machine one thread that loses its CPU stalls the pass; passes on threads of their own do
+    not wait for each other. Offline, all-MiniLM-L6-v2, passes of 32, 2 CPUs and another process busy on
+    one: 2 single-thread passes side by side 154 texts/s, one pass on 2 threads 75, on 1 thread 120. A GPU
+    runs one pass at a time."""
+    return min(2, cpus) if device == "cpu" else 1
+
+
+def default_torch_threads(cpus: int, workers: int) -> int:
+    """The CPUs less one for the event loop, shared among the workers; at least one each (on 2 CPUs the
+    loop then shares them: it needs a tenth of a CPU at 100 requests/s)."""
+    return max(1, (cpus - 1) // workers)
 
 
 class HFTokenizer:
@@ -176,6 +204,7 @@ class LoadedModel:
     forward: Callable[[list[Any]], Vectors]  # token ids (or, where the model takes no ids, texts) → rows
     device: str
     takes_ids: bool
+    workers: int = 1  # passes that may run side by side
 
     def payloads(self, texts: list[str]) -> tuple[list[Any], list[int]]:
         """What the forward pass reads for each text, and its length in model tokens."""
@@ -186,11 +215,13 @@ class LoadedModel:
 class SentenceTransformerModel:
     """A sentence-transformers model fed pre-tokenized features: padded ids, attention mask, token types."""
 
-    def __init__(self, path: str, device_preference: str, threads: int | None) -> None:
+    def __init__(self, path: str, device_preference: str, threads: int | None, workers: int | None) -> None:
         st, torch = _import_sentence_transformers()
-        torch.set_num_threads(threads or max(1, cpu_count() - 1))  # the event loop keeps a core
         self.torch = torch
         self.device = pick_device(device_preference, torch)
+        cpus = cpu_share()
+        self.workers = workers or default_workers(self.device, cpus)
+        torch.set_num_threads(threads or default_torch_threads(cpus, self.workers))
         model = st.SentenceTransformer(path, device=self.device, local_files_only=True)
         if self.device == "cuda":
             model.half()
@@ -201,6 +232,9 @@ class SentenceTransformerModel:
         self._left_pad = model.tokenizer.padding_side == "left"
         self._feature_names: tuple[str, ...] = ()
         self.takes_ids = self._check_features()
+        # A model that tokenizes its own texts sets its tokenizer's padding and truncation on each call:
+        # one worker at a time.
+        self._preprocessing = threading.Lock()
 
     def _check_features(self) -> bool:
         """Whether features built from our ids equal the model's own preprocessing (plain text models)."""
@@ -236,8 +270,10 @@ class SentenceTransformerModel:
             if self.takes_ids:
                 features = {**self._features(batch), "modality": "text"}
             else:
+                with self._preprocessing:
+                    preprocessed = self.model.preprocess(batch)
                 features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-                            for k, v in self.model.preprocess(batch).items()}
+                            for k, v in preprocessed.items()}
             rows = self.model(features)["sentence_embedding"].float()
             rows = torch.nn.functional.normalize(rows, p=2, dim=1)
             return np.asarray(rows.cpu().numpy(), dtype=np.float32)
@@ -249,7 +285,9 @@ class LocalProvider:
         self._prefixes = {QUERY: options.query_prefix, DOCUMENT: options.document_prefix}
         self._model: LoadedModel | None = None
         self.device: str | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedgate-local")
+        # Threads start on demand: as many as the batcher's workers (the model's, once loaded) at most.
+        self._executor = ThreadPoolExecutor(max_workers=options.workers or cpu_share(),
+                                            thread_name_prefix="embedgate-local")
         self.batcher: Batcher[Any] | None = None
         self._observer: QueueObserver = Unobserved()
 
@@ -283,22 +321,26 @@ class LocalProvider:
         return [prefix + text for text in texts]
 
     def _load(self) -> LoadedModel:
-        model = SentenceTransformerModel(self.options.path or bundled_model_path(), self.options.device,
-                                         self.options.torch_threads)
-        return LoadedModel(model.tokenizer, model.forward, model.device, model.takes_ids)
+        options = self.options
+        model = SentenceTransformerModel(options.path or bundled_model_path(), options.device, options.torch_threads,
+                                         options.workers)
+        return LoadedModel(model.tokenizer, model.forward, model.device, model.takes_ids, model.workers)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(self._executor, self._load)
-        # Warm-up: one pass before the gateway reports ready, so no request pays for lazy initialisation.
+        # Warm-up: a pass on each worker's thread before the gateway reports ready, so no request pays for
+        # lazy initialisation.
         payloads, _ = model.payloads(list(WARM_UP_TEXTS))
-        await loop.run_in_executor(self._executor, model.forward, payloads)
+        await asyncio.gather(*(loop.run_in_executor(self._executor, model.forward, payloads)
+                               for _ in range(model.workers)))
         self._model, self.device = model, model.device
-        options = self.options
+        options, cpu = self.options, model.device == "cpu"
         self.batcher = Batcher(model.forward, self._executor, max_batch_tokens=options.max_batch_tokens,
                                max_batch_size=options.max_batch_size, max_wait=options.max_batch_wait,
                                max_queued=MAX_QUEUED_INPUTS,
-                               min_batch_size=CPU_MIN_BATCH if model.device == "cpu" else GPU_MIN_BATCH)
+                               min_batch_size=CPU_MIN_BATCH if cpu else GPU_MIN_BATCH,
+                               pass_overhead=CPU_PASS_OVERHEAD if cpu else GPU_PASS_OVERHEAD, workers=model.workers)
         self.batcher.observer = self._observer
         self.batcher.start()
 

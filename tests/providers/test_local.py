@@ -15,7 +15,16 @@ import openai
 import pytest
 
 from providers.base import EmbedBatch, ErrorKind, ProviderError
-from providers.local import WARM_UP_TEXTS, HFTokenizer, LocalOptions, LocalProvider
+from providers.local import (
+    WARM_UP_TEXTS,
+    HFTokenizer,
+    LocalOptions,
+    LocalProvider,
+    cpu_count,
+    cpu_share,
+    default_torch_threads,
+    default_workers,
+)
 from proxy.handlers import GATEWAY
 from testkit.servers import ThreadedServer
 from tests.support.local_model import bundled_tokenizer, stand_in
@@ -162,19 +171,21 @@ def test_a_request_whose_client_went_away_is_not_encoded(local_gateway: Threaded
     gate, seen = threading.Event(), []
     forward = batcher._forward
 
-    def held(payloads: list[Any]) -> np.ndarray:  # the first pass waits at the gate: the queue holds
+    def held(payloads: list[Any]) -> np.ndarray:  # the first passes wait at the gate: the queue holds
         seen.extend(payloads)
         assert gate.wait(60)
         return forward(payloads)
 
     monkeypatch.setattr(batcher, "_forward", held)
-    first = threading.Thread(target=embed, args=(local_gateway, ["held at the gate"]))
-    first.start()
+    first = [threading.Thread(target=embed, args=(local_gateway, [f"held at the gate {i}"]))
+             for i in range(batcher.workers)]
     try:
         deadline = time.monotonic() + 60
-        while batcher.encoding_inputs < 1:
-            assert time.monotonic() < deadline, "the first pass never started"
-            time.sleep(0.005)
+        for busy, thread in enumerate(first, start=1):  # one pass on each worker
+            thread.start()
+            while batcher.encoding_inputs < busy:
+                assert time.monotonic() < deadline, "a held pass never started"
+                time.sleep(0.005)
         gone = "the client of this text hung up"
         with pytest.raises(httpx.TimeoutException):  # queued behind the held pass; the client gives up
             httpx.post(local_gateway.url + "/v1/embeddings", json={"model": LOCAL, "input": [gone]}, timeout=1.0)
@@ -183,10 +194,12 @@ def test_a_request_whose_client_went_away_is_not_encoded(local_gateway: Threaded
             time.sleep(0.005)
     finally:
         gate.set()
-        first.join(timeout=60)
+        for thread in first:
+            if thread.ident is not None:  # started
+                thread.join(timeout=60)
     assert embed(local_gateway, ["after the gate"]).shape == (1, 384)
     assert tokenizer.model_ids([gone])[0].tolist() not in [x.tolist() for x in seen]
-    assert len(seen) == 2  # the held text, then the one after the gate
+    assert len(seen) == batcher.workers + 1  # the held texts, then the one after the gate
 
 
 @pytest.mark.asyncio
@@ -258,3 +271,36 @@ async def test_input_type_picks_the_models_prefix() -> None:
         await provider.aclose()
     assert seen[1:] == [["query: a"], ["passage: b"], ["c"]]  # seen[0]: the warm-up pass
     assert not LocalProvider(LocalOptions()).capabilities("m").input_type
+
+
+def test_passes_side_by_side_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert [default_workers("cpu", cpus) for cpus in (1, 2, 16)] == [1, 2, 2]
+    assert default_workers("cuda", 16) == default_workers("mps", 16) == 1
+    # The CPUs less one for the event loop, split among the workers; where none is left over, they share it.
+    assert [default_torch_threads(cpus, default_workers("cpu", cpus)) for cpus in (1, 2, 4, 16)] == [1, 1, 1, 7]
+    assert default_torch_threads(16, 1) == 15  # a GPU's one worker
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the image gives each worker process its share so
+    assert cpu_share() == 3
+    for unset in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert cpu_share() == cpu_count()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("omp_threads", ["1", ""])
+async def test_the_model_takes_the_process_share_of_the_cpus(omp_threads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", omp_threads)
+    provider = LocalProvider(LocalOptions(device="cpu"))
+    await provider.start()
+    try:
+        assert provider.batcher is not None
+        workers = default_workers("cpu", cpu_count()) if not omp_threads else 1
+        assert provider.batcher.workers == workers
+        assert torch.get_num_threads() == default_torch_threads(cpu_share(), workers)
+        vectors = await asyncio.gather(*(provider.embed(EmbedBatch(model=LOCAL, inputs=[f"text {i}"]))
+                                         for i in range(8)))
+        assert all(v.vectors.shape == (1, 384) for v in vectors)
+    finally:
+        await provider.aclose()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from providers.base import ErrorKind, ProviderError
-from providers.local_batcher import Batcher
+from providers.local_batcher import CPU_PASS_OVERHEAD, Batcher
 
 
 class Model:
@@ -42,11 +42,12 @@ pytestmark = pytest.mark.asyncio
 
 
 @asynccontextmanager
-async def running(model: Model, max_batch_tokens: int = 64, max_batch_size: int = 4,
-                  min_batch_size: int = 4) -> AsyncIterator[Batcher[int]]:
-    executor = ThreadPoolExecutor(max_workers=1)
+async def running(model: Model, max_batch_tokens: int = 64, max_batch_size: int = 4, min_batch_size: int = 4,
+                  pass_overhead: int = CPU_PASS_OVERHEAD, workers: int = 1) -> AsyncIterator[Batcher[int]]:
+    executor = ThreadPoolExecutor(max_workers=workers)
     batcher = Batcher(model.forward, executor, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                      max_wait=0.0, max_queued=64, min_batch_size=min_batch_size)
+                      max_wait=0.0, max_queued=64, min_batch_size=min_batch_size, pass_overhead=pass_overhead,
+                      workers=workers)
     batcher.start()
     yield batcher
     await batcher.aclose()
@@ -143,6 +144,49 @@ async def test_passes_keep_to_the_budgets_and_pad_little() -> None:
         assert batcher.queued_inputs == 0
 
 
+class Stepper(Model):
+    """A forward pass that runs only when the test lets one through (`step`), so requests can arrive mid-pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = threading.Semaphore(0)
+        self.began = threading.Condition()
+
+    def forward(self, payloads: list[int]) -> np.ndarray:
+        with self.began:
+            self.passes.append(list(payloads))
+            self.began.notify_all()
+        assert self.steps.acquire(timeout=10), "the test never let the pass through"
+        return answer(payloads)
+
+    async def entered_passes(self, count: int) -> None:
+        def wait() -> None:
+            with self.began:
+                assert self.began.wait_for(lambda: len(self.passes) >= count, timeout=10)
+
+        await asyncio.to_thread(wait)
+
+    async def step(self, passes_entered: int) -> None:
+        """Let the pass under way finish, then wait until `passes_entered` passes have begun."""
+        self.steps.release()
+        await self.entered_passes(passes_entered)
+
+
+async def test_a_round_that_runs_out_mid_pass_is_topped_up_with_the_nearest_lengths() -> None:
+    model = Stepper()
+    async with running(model, max_batch_tokens=1000, max_batch_size=4, min_batch_size=4) as batcher:
+        first = batcher.submit([-1], [1])
+        await model.entered_passes(1)  # [-1], held until the next step
+        old = [batcher.submit([i], [n]) for i, n in enumerate([10, 10, 10, 10, 40, 40], start=1)]
+        await model.step(2)  # the round of these six: [1, 2, 3, 4] (the shortest) is under way
+        new = [batcher.submit([i], [n]) for i, n in enumerate([10, 12, 38, 39, 60], start=11)]
+        for _ in range(3):
+            model.steps.release()
+        await asyncio.gather(first, *old, *new)
+    # The old round's longest two (40) are joined by the new round's nearest (39, 38), not its shortest (10, 12).
+    assert model.passes == [[-1], [1, 2, 3, 4], [5, 6, 14, 13], [11, 12, 15]]
+
+
 async def test_an_input_longer_than_the_budget_goes_alone() -> None:
     model = Model()
     async with running(model) as batcher:
@@ -153,16 +197,56 @@ async def test_an_input_longer_than_the_budget_goes_alone() -> None:
         assert model.passes[1:] == [[1, 3], [2]]
 
 
-@pytest.mark.parametrize(("min_batch_size", "passes"), [(2, [[1, 3], [2, 4]]), (4, [[1, 3, 2, 4]])])
-async def test_past_min_batch_size_a_pass_ends_rather_than_pad_much(min_batch_size: int,
-                                                                    passes: list[list[int]]) -> None:
+@pytest.mark.parametrize(("min_batch_size", "pass_overhead", "passes"), [
+    (2, 16, [[1, 2, 3], [4, 5]]),  # 3 x 11 and 2 x 40 tokens, rather than 5 x 40
+    (5, 16, [[1, 2, 3, 4, 5]]),  # below min_batch_size a pass takes what comes
+    (2, 1000, [[1, 2, 3, 4, 5]]),  # a pass that costs as much as 1,000 tokens is worth padding
+])
+async def test_past_min_batch_size_a_pass_ends_where_padding_costs_more_than_a_pass(
+        min_batch_size: int, pass_overhead: int, passes: list[list[int]]) -> None:
     model = Model()
-    async with running(model, max_batch_tokens=1000, max_batch_size=8, min_batch_size=min_batch_size) as batcher:
+    async with running(model, max_batch_tokens=1000, max_batch_size=8, min_batch_size=min_batch_size,
+                       pass_overhead=pass_overhead) as batcher:
         first = await hold(model, batcher)
-        futures = [batcher.submit([1, 2], [10, 40]), batcher.submit([3, 4], [10, 40])]
+        futures = [batcher.submit([1, 4], [10, 40]), batcher.submit([2, 3, 5], [10, 11, 40])]
         model.gate.set()
         await asyncio.gather(first, *futures)
-        assert model.passes[1:] == passes  # 2 x 10 and 2 x 40 tokens, rather than 4 x 40
+        assert model.passes[1:] == passes
+
+
+async def test_workers_run_passes_side_by_side() -> None:
+    model = Stepper()
+    async with running(model, workers=2) as batcher:
+        first = batcher.submit([1], [3])
+        await model.entered_passes(1)
+        second = batcher.submit([2, 3], [3, 3])  # the other worker takes it while the first pass runs
+        await model.entered_passes(2)
+        assert batcher.encoding_inputs == 3 and batcher.queued_inputs == 0
+        third = batcher.submit([4], [3])  # both workers busy: it waits
+        assert batcher.queued_inputs == 1
+        for _ in range(3):
+            model.steps.release()
+        results = await asyncio.gather(first, second, third)
+    assert model.passes == [[1], [2, 3], [4]]
+    for payloads, rows in zip([[1], [2, 3], [4]], results, strict=True):
+        np.testing.assert_array_equal(rows, answer(payloads))
+    assert batcher.encoding_inputs == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_closing_cancels_the_requests_in_passes_under_way_and_queued(workers: int) -> None:
+    model = Stepper()
+    async with running(model, workers=workers) as batcher:
+        under_way = []
+        for worker in range(workers):  # one pass each
+            under_way.append(batcher.submit([worker], [3]))
+            await model.entered_passes(worker + 1)
+        queued = batcher.submit([9], [3])
+        await batcher.aclose()
+        assert all(future.cancelled() for future in [*under_way, queued])
+        assert not batcher.running
+        for _ in range(workers):
+            model.steps.release()
 
 
 async def test_a_cancelled_request_is_dropped_before_its_pass() -> None:
