@@ -9,10 +9,8 @@ Run as `python -m bench.baseline PORT UPSTREAM_API_BASE`.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,7 +18,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from testkit.servers import free_port, stop_process
+from testkit.servers import free_port, stop_process, wait_listening
 
 
 def forwarder(upstream: str) -> web.Application:
@@ -51,19 +49,10 @@ def bare_forwarder(upstream: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.baseline", str(port), upstream])
     try:
-        deadline = time.monotonic() + 60
-        while not _listening(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the bare forwarder did not start")
-            time.sleep(0.05)
+        wait_listening(port, lambda: proc.poll() is None, "the bare forwarder")
         yield f"http://127.0.0.1:{port}/v1", proc.pid
     finally:
         stop_process(proc)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from aiohttp import web
 from bench.baseline import bare_forwarder
 from testkit.openai_upstream import FakeOpenAI
 from testkit.redis_server import REDIS_SERVER, RedisServer
-from testkit.servers import GatewayProcess, free_port, write_config
+from testkit.servers import GatewayProcess, free_port, wait_listening, write_config
 
 RESULTS = Path(__file__).parent / "results"
 SMALL, LARGE = "bench-small", "text-embedding-3-small"  # 64 dims; 1536 dims, OpenAI's size
@@ -113,20 +112,11 @@ def upstream(dims: int) -> Iterator[str]:
     proc = multiprocessing.get_context("spawn").Process(target=serve_upstream, args=(port, dims), daemon=True)
     proc.start()
     try:
-        deadline = time.monotonic() + 60
-        while not port_open(port):
-            if not proc.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fake upstream did not start")
-            time.sleep(0.05)
+        wait_listening(port, proc.is_alive, "the fake upstream")
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
         proc.join(10)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # --- the load generator, in its own process ---------------------------------------------------------------

@@ -22,24 +22,19 @@ import json
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from providers.local import cpu_count, cpu_share, default_torch_threads, default_workers
+from testkit.servers import GatewayProcess, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "local.json"
 MODEL = "all-MiniLM-L6-v2"
 WORDS = ("embedding gateway vector model request token batch cache quota latency throughput sentence "
@@ -56,43 +51,15 @@ def texts(count: int, seed: int) -> list[str]:
 @contextmanager
 def gateway(config: dict[str, Any], directory: Path, ready_timeout: float) -> Iterator[str]:
     """`python -m proxy serve` of `config` in its own process; yields its URL once /readyz answers 200."""
-    path = directory / "local.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(directory / "gateway.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(port)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = GatewayProcess(write_config(config, directory / "local.yaml"))
     try:
-        deadline = time.monotonic() + ready_timeout
-        while not ready(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready (exit {proc.poll()}):\n"
-                                   + (directory / "gateway.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
+            process.wait_ready(ready_timeout)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}:\n{process.log()[-3000:]}") from None
+        yield process.url
+    finally:
+        process.stop()
 
 
 async def post(session: aiohttp.ClientSession, url: str, text: str, model: str = MODEL) -> None:

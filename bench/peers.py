@@ -60,6 +60,20 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> str | 
 
 
 @contextmanager
+def serving(command: list[str], env: dict[str, str], log_path: Path, health: str, timeout: float
+            ) -> Iterator[tuple[str | None, int]]:
+    """`command` in its own process (`env` over ours), its output in `log_path`; yields (None, its pid) once
+    `health` answers 200, else (why not, with the log's tail, its pid). Stopped on exit."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        try:
+            problem = wait_http(health, proc, timeout)
+            yield (f"{problem}: {log_path.read_text(errors='replace')[-300:]}" if problem else None), proc.pid
+        finally:
+            stop_process(proc)
+
+
+@contextmanager
 def litellm_proxy(api_base: str, tmp: Path, model: str, api_key: str) -> Iterator[tuple[str, int] | str]:
     """LiteLLM's proxy serving `model` from `api_base`; yields (its api_base, its pid) or why it could not."""
     python = venv(tmp / "litellm-venv", "litellm[proxy]")
@@ -76,22 +90,13 @@ def litellm_proxy(api_base: str, tmp: Path, model: str, api_key: str) -> Iterato
         "litellm_settings": {"telemetry": False},
     }))
     port = free_port()
-    log = open(tmp / "litellm.log", "wb")
-    proc = subprocess.Popen([str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            # No master key: open, as embedgate runs in open mode (LiteLLM refuses to start
-                            # keyless unless told this is deliberate).
-                            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
-                                 "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"})
-    try:
-        problem = wait_http(f"http://127.0.0.1:{port}/health/readiness", proc, 180)
-        if problem:
-            yield f"litellm proxy {problem}: {(tmp / 'litellm.log').read_text(errors='replace')[-300:]}"
-        else:
-            yield f"http://127.0.0.1:{port}/v1", proc.pid
-    finally:
-        stop_process(proc)
-        log.close()
+    # No master key: open, as embedgate runs in open mode (LiteLLM refuses to start keyless unless told this
+    # is deliberate).
+    with serving([str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                 {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                  "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"},
+                 tmp / "litellm.log", f"http://127.0.0.1:{port}/health/readiness", 180) as (problem, pid):
+        yield f"litellm proxy {problem}" if problem else (f"http://127.0.0.1:{port}/v1", pid)
 
 
 @contextmanager
@@ -106,18 +111,8 @@ def infinity_server(model_path: Path, tmp: Path, name: str) -> Iterator[str]:
     # infinity does not need it for a text model.
     subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", "torchvision"], capture_output=True)
     port = free_port()
-    log = open(tmp / "infinity.log", "wb")
-    proc = subprocess.Popen([str(python.parent / "infinity_emb"), "v2", "--model-id", str(model_path),
-                             "--served-model-name", name, "--engine", "torch", "--device", "cpu",
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-                                 "DO_NOT_TRACK": "1"})
-    try:
-        problem = wait_http(f"http://127.0.0.1:{port}/health", proc, 300)
-        if problem:
-            yield f"not: infinity_emb {problem}: {(tmp / 'infinity.log').read_text(errors='replace')[-300:]}"
-        else:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
-        log.close()
+    with serving([str(python.parent / "infinity_emb"), "v2", "--model-id", str(model_path), "--served-model-name",
+                  name, "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)],
+                 {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"},
+                 tmp / "infinity.log", f"http://127.0.0.1:{port}/health", 300) as (problem, _):
+        yield f"not: infinity_emb {problem}" if problem else f"http://127.0.0.1:{port}"

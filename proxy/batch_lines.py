@@ -22,7 +22,7 @@ import orjson
 
 from proxy.auth import Principal, authorize_model
 from proxy.batches import ENDPOINT, BatchState
-from proxy.embeddings import embed_charged
+from proxy.embeddings import cache_space, embed_charged
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited, error_object
 from proxy.gateway import Gateway
 from proxy.quota import KINDS, Charge, limits_from_fields, team_conf_key
@@ -216,7 +216,8 @@ class ChunkRun:
             counted = Counted(tuple(tokens), first.planned.dimensions, first.planned.input_type)
             inputs = [x for line in lines for x in line.request.inputs]
             served = await embed_charged(gw, route, route.target(), inputs, counted, charge, self._owner,
-                                         first.request.user, first.request.input_type, requests=len(lines))
+                                         first.request.user, first.request.input_type, requests=len(lines),
+                                         space=cache_space(gw, route, counted, self._owner))
         except GatewayError as err:
             if len(lines) == 1:
                 self._fail(first, err)

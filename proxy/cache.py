@@ -232,7 +232,11 @@ class Lookup:
     found: dict[str, Entry]
     use_store: bool  # False: the store failed or is resting; neither read nor written
     control: CacheControl
-    looked: int  # keys read from the store
+
+    @property
+    def looked(self) -> int:
+        """Keys read from the store: every wanted one not in flight, when the read was made and answered."""
+        return len(self.wanted) - len(self.joined) if self.use_store and self.control.read else 0
 
 
 class EmbeddingCache:
@@ -259,14 +263,13 @@ class EmbeddingCache:
         joined = {key: self._flights[key] for key in wanted if key in self._flights}
         use_store = time.monotonic() >= self._store_down_until
         found: dict[str, Entry] = {}
-        looked = 0
         if use_store and control.read:
             read = await self._read(space, {k: w for k, w in wanted.items() if k not in joined})
             if read is None:
                 use_store = False
             else:
-                found, looked = read, len(wanted) - len(joined)
-        return Lookup(space, keys, wanted, joined, found, use_store, control, looked)
+                found = read
+        return Lookup(space, keys, wanted, joined, found, use_store, control)
 
     async def embed(self, space: Space | None, inputs: Sequence[EmbedInput], tokens: Sequence[int],
                     fetch: Fetch, control: CacheControl = ALLOW_ALL, looked_up: Lookup | None = None) -> Served:

@@ -65,7 +65,7 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
         raise
     try:
         served = await embed_charged(gw, route, target, request.inputs, counted, charge, principal, request.user,
-                                     request.input_type, cache_control, looked_up=looked_up)
+                                     request.input_type, cache_control, space=space, looked_up=looked_up)
     except GatewayError as err:
         if err.input_index is not None:
             err.param = request.param(err.input_index)
@@ -85,13 +85,13 @@ def cache_space(gw: Gateway, route: Route, counted: Counted, principal: Principa
 
 async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Sequence[EmbedInput], counted: Counted,
                         charge: Charge, principal: Principal | None, user: str | None, input_type: str | None,
-                        cache_control: CacheControl = ALLOW_ALL, requests: int = 1, *,
+                        cache_control: CacheControl = ALLOW_ALL, requests: int = 1, *, space: Space | None,
                         looked_up: Awaitable[Lookup] | None = None) -> Served:
     """Vectors for inputs already validated and charged: through the cache and the dispatcher, the
     charge refunded on failure (and for cache hits unless they are charged), usage recorded.
     The HTTP handler and the batch worker both come through here; `requests` is how many requests of
-    the caller these inputs answer (a batch packs many lines into one call). `looked_up`: the store
-    read, when the caller started it already."""
+    the caller these inputs answer (a batch packs many lines into one call). `space`: the cache space
+    (`cache_space`); `looked_up`: the store read of it, when the caller started it already."""
 
     async def fetch(items: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
         result = await gw.dispatcher.dispatch(target, items, tokens, counted.dimensions, input_type)
@@ -103,7 +103,6 @@ async def embed_charged(gw: Gateway, route: Route, target: Target, inputs: Seque
 
     try:
         looked = await looked_up if looked_up is not None else None
-        space = looked.space if looked is not None else cache_space(gw, route, counted, principal)
         served = await gw.cache.embed(space, inputs, counted.tokens, fetch, cache_control, looked)
     except BaseException:
         await gw.quotas.refund(charge)

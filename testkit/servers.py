@@ -31,6 +31,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_open(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_listening(port: int, alive: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Block until 127.0.0.1:`port` accepts connections; RuntimeError if `alive()` turns false or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        if not alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     """SIGTERM, and SIGKILL if it is still there after `timeout` seconds."""
     if proc.poll() is None:
