@@ -1,17 +1,24 @@
 """Who is calling: API keys (from the store or the config), the master key, the model allow-list.
 
 Keys in the store are read on every request, so a revoked key stops working at once on every
-replica. The in-process cache of recently verified keys is consulted only while the store is
-down, and only for `auth.key_cache_ttl` seconds: an unknown key during an outage gets 503.
+replica. The in-process memory of recently verified keys serves two ends:
+- while the store is down, a key verified within `auth.key_cache_ttl` seconds is let in (an
+  unknown key gets 503);
+- otherwise it is a guess (`identify`): the embeddings pipeline charges the quota for the key as
+  remembered while the store's copy is read, so both round trips overlap. The guess is never
+  trusted: nothing is served before the store's copy confirms it, and a guess that proves wrong
+  (revoked, expired, changed) is refunded and the request goes again as the store has it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -83,6 +90,43 @@ class Principal:
 
 MASTER = Principal(key_id="master", team=None)
 
+# The verified caller, once the store has answered: raises 401 (revoked, expired) or 503 (store down, key
+# not verified recently), as `authenticate` would.
+Confirm = Callable[[], Awaitable[Principal | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The caller of one request as known so far. With `confirm`, `principal` is a guess (the key as this
+    replica last read it) and `confirm` the store's word on it, under way."""
+
+    principal: Principal | None
+    confirm: Confirm | None = None
+
+
+ANONYMOUS = Caller(None)  # an open gateway's caller, and the bulk paths' that charge nothing
+
+
+class KeyChanged(Exception):
+    """A guessed caller proved to be out of date: the request must go again as `principal`."""
+
+    def __init__(self, principal: Principal | None) -> None:
+        super().__init__("the key changed since this replica last read it")
+        self.principal = principal
+
+
+async def verified(caller: Caller) -> Principal | None:
+    """The principal of `caller` as the store has it."""
+    return caller.principal if caller.confirm is None else await caller.confirm()
+
+
+async def confirmed(caller: Caller) -> Principal | None:
+    """The principal of `caller`, once the store confirmed it; KeyChanged when its guess was not it."""
+    principal = await verified(caller)
+    if principal != caller.principal:
+        raise KeyChanged(principal)
+    return principal
+
 
 def authorize_model(principal: Principal | None, requested: str, entry: ModelEntry) -> None:
     """A model outside the key's allow-list is 403 `model_not_allowed` (see docs/quotas.md)."""
@@ -140,14 +184,40 @@ class Authenticator:
         if not self.enabled:
             return None
         token = _bearer(header)
+        digest, known = self._without_store(token)
+        return known if digest is None else await self._verify(token, digest)
+
+    async def identify(self, header: str | None) -> Caller:
+        """The caller, without waiting on the store for a key this replica verified before: then the
+        remembered key comes with the store's read of it under way (see the module's docstring). Raises
+        as `authenticate` does, for what can be told without the store."""
+        if not self.enabled:
+            return Caller(None)
+        token = _bearer(header)
+        digest, known = self._without_store(token)
+        if digest is None:
+            return Caller(known)
+        remembered = self._recent.get(digest)
+        if remembered is None or remembered[1].is_expired(time.time()):
+            return Caller(await self._verify(token, digest))
+        verifying = asyncio.get_running_loop().create_task(self._verify(token, digest))
+        verifying.add_done_callback(_retrieved)
+        record = remembered[1]
+        return Caller(Principal.of(record, record.id), lambda: verifying)
+
+    def _without_store(self, token: str) -> tuple[str | None, Principal | None]:
+        """The master or a static key (digest None), else the digest of a token the store must tell."""
         if self._master is not None and hmac.compare_digest(token.encode(), self._master.encode()):
-            return MASTER
+            return None, MASTER
         digest = hash_key(token)
         static = self._static.get(digest)
         if static is not None:
-            return static
+            return None, static
         if not token.startswith(KEY_PREFIX):  # no store key looks like this: no need to ask the store
             raise _incorrect(token)
+        return digest, None
+
+    async def _verify(self, token: str, digest: str) -> Principal:
         record = await self._lookup(digest)
         if record is None:
             raise _incorrect(token)
@@ -175,3 +245,9 @@ class Authenticator:
         if len(self._recent) > RECENT_KEYS:
             self._recent.popitem(last=False)
         return record
+
+
+def _retrieved(task: asyncio.Task[Principal]) -> None:
+    """A verification nobody awaited in the end (the request failed first) must not warn of a lost error."""
+    if not task.cancelled():
+        task.exception()

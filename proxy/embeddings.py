@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 
 from providers.base import EmbedInput
-from proxy.auth import Principal, authorize_model
+from proxy.auth import ANONYMOUS, Caller, KeyChanged, Principal, authorize_model, confirmed
 from proxy.cache import ALLOW_ALL, CacheControl, Lookup, Served, Space, caching, space_for
 from proxy.dispatch import Dispatched, Target
 from proxy.errors import GatewayError, InvalidRequest
@@ -37,17 +37,33 @@ class EmbeddingResponse:
 
 
 async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_control: CacheControl = ALLOW_ALL,
-                            principal: Principal | None = None) -> EmbeddingResponse:
-    route = gw.router.resolve(request.model)
-    authorize_model(principal, request.model, route.entry)
-    await route.service.wait_ready()
-    target = route.target()
-    # Counts feed quota charges, usage records and cache entries: with none of them, bounds may do.
-    exact = principal is not None or caching(route.entry, gw.settings.cache)
+                            caller: Caller = ANONYMOUS) -> EmbeddingResponse:
+    """A guessed caller (proxy/auth.py `identify`) goes as guessed up to its quota charge, which runs beside
+    the store's read of its key; a guess that proves wrong is refunded in full and the request goes again
+    as the store has the key."""
     try:
-        counted = await validate(request, route, target, exact=exact)
-    except InvalidRequest as err:
-        await gw.quotas.count_refused(principal, request.user, err)
+        return await _create(gw, request, cache_control, caller)
+    except KeyChanged as changed:
+        return await _create(gw, request, cache_control, Caller(changed.principal))
+
+
+async def _create(gw: Gateway, request: EmbeddingRequest, cache_control: CacheControl,
+                  caller: Caller) -> EmbeddingResponse:
+    principal = caller.principal
+    try:
+        route = gw.router.resolve(request.model)
+        authorize_model(principal, request.model, route.entry)
+        await route.service.wait_ready()
+        target = route.target()
+        # Counts feed quota charges, usage records and cache entries: with none of them, bounds may do.
+        exact = principal is not None or caching(route.entry, gw.settings.cache)
+        try:
+            counted = await validate(request, route, target, exact=exact)
+        except InvalidRequest as err:
+            await gw.quotas.count_refused(await confirmed(caller), request.user, err)
+            raise
+    except GatewayError:
+        await confirmed(caller)  # a revoked key's 401 comes first, and a changed key goes again
         raise
     space = cache_space(gw, route, counted, principal)
     looked_up: asyncio.Task[Lookup] | None = None
@@ -58,7 +74,7 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
             gw.cache.lookup(space, request.inputs, counted.tokens, cache_control))
     try:
         with gw.tracing.span("quota"):
-            charge = await gw.quotas.charge(principal, request.user, counted.total)
+            charge = await _charge(gw, caller, request.user, counted.total)
     except BaseException:
         if looked_up is not None:
             looked_up.cancel()
@@ -76,6 +92,22 @@ async def create_embeddings(gw: Gateway, request: EmbeddingRequest, cache_contro
     headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: deployment, **charge.headers}
     return EmbeddingResponse(body, headers, served.prompt_tokens, len(request.inputs), served.status, deployment,
                              served.upstream_seconds)
+
+
+async def _charge(gw: Gateway, caller: Caller, user: str | None, tokens: int) -> Charge:
+    """The request's quota charge. For a guessed caller it runs beside the store's read of the key, so the two
+    cost one round trip; a charge the key proves not to deserve is given back whole, the request included."""
+    charging = gw.quotas.charge(caller.principal, user, tokens)
+    if caller.confirm is None:
+        return await charging
+    charged, confirmation = await asyncio.gather(charging, confirmed(caller), return_exceptions=True)
+    if isinstance(confirmation, BaseException):
+        if isinstance(charged, Charge):
+            await gw.quotas.refund(charged, request=True)
+        raise confirmation
+    if isinstance(charged, BaseException):
+        raise charged
+    return charged
 
 
 def cache_space(gw: Gateway, route: Route, counted: Counted, principal: Principal | None) -> Space | None:

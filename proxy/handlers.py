@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from proxy.auth import Principal, authorize_model
+from proxy.auth import Principal, authorize_model, verified
 from proxy.cache import CacheControl
 from proxy.embeddings import create_embeddings
 from proxy.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -66,17 +66,26 @@ async def embeddings(request: web.Request) -> web.Response:
     gw.metrics.inflight.inc()
     try:
         with gw.tracing.span("auth"):
-            principal = await authenticate(request)  # 401 before any 400, as OpenAI does
+            # 401 before any 400, as OpenAI does: a key known here goes on while the store reads it (see
+            # proxy/auth.py), and every way out below waits for that read first.
+            caller = await gw.auth.identify(request.headers.get("Authorization"))
+        principal = caller.principal
         exchange.team = gw.metrics.team(principal)
-        body = await read_json_body(request)
         try:
+            body = await read_json_body(request)
             parsed = parse_embedding_request(body)
-        except InvalidRequest as err:
-            await gw.quotas.count_refused(principal, None, err)
+        except GatewayError as err:
+            principal = await verified(caller)
+            if isinstance(err, InvalidRequest):
+                await gw.quotas.count_refused(principal, None, err)
             raise
         exchange.model = metric_label(gw.router, parsed.model)
         cache_control = CacheControl.parse(request.headers.get("Cache-Control"))
-        result = await create_embeddings(gw, parsed, cache_control, principal)
+        try:
+            result = await create_embeddings(gw, parsed, cache_control, caller)
+        except GatewayError:
+            principal = await verified(caller)  # the key as the store has it, for the headers below
+            raise
     except GatewayError as err:
         if principal is not None:
             if "x-ratelimit-limit-requests" not in err.headers:

@@ -213,21 +213,24 @@ class Quotas:
             return
         err.headers.update(charge.headers)
 
-    async def refund(self, charge: Charge, tokens: int | None = None) -> None:
-        """Give back `tokens` of a charge (all of them by default), from the buckets it filled."""
+    async def refund(self, charge: Charge, tokens: int | None = None, *, request: bool = False) -> None:
+        """Give back `tokens` of a charge (all of them by default), from the buckets it filled. A request
+        whose backend failed still counts for rpm; `request` gives that back too, for a charge that should
+        never have been made (its key proved revoked or changed)."""
         amount = charge.tokens if tokens is None else min(tokens, charge.tokens)
-        if amount <= 0:
+        if amount <= 0 and not request:
             return
         if charge.missed_at is not None:
-            requests = set(charge.keys[1::len(COUNTERS)])  # a refunded request still counts for rpm
-            self._ledger.take(charge.team, ((inc, amount) for inc, _, _ in
+            requests = set(charge.keys[1::len(COUNTERS)])
+            self._ledger.take(charge.team, ((inc, 1 if inc.key in requests else amount) for inc, _, _ in
                                             missed_charge(list(charge.keys), amount, charge.missed_at)
-                                            if inc.key not in requests))
+                                            if request or inc.key not in requests))
             return
         if charge.charged_at is None:
             return
         try:
-            await self._refund(keys=list(charge.keys), args=[charge.charged_at, amount, int(charge.has_user)])
+            await self._refund(keys=list(charge.keys),
+                               args=[charge.charged_at, amount, int(charge.has_user), int(request)])
         except STORE_ERRORS as err:  # the original failure matters more; the metric and log record this one
             self._outages.failed("refund", err)
 

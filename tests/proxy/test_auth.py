@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from proxy.auth import Authenticator, hash_key
 from proxy.errors import RateLimited
+from proxy.handlers import GATEWAY
 from proxy.settings import AuthSettings, StoreSettings
 from proxy.store import Outages
 from testkit.openai_upstream import FakeOpenAI
 from testkit.servers import ThreadedServer
 from tests.conftest import start_gateway, upstream_settings
-from tests.support.admin import MASTER_KEY, NO_LIMIT_PAIR, admin, create_key, embed, error_code, rate_limit_pair
+from tests.support.admin import (
+    MASTER_KEY,
+    NO_LIMIT_PAIR,
+    TEN_TOKENS,
+    admin,
+    create_key,
+    embed,
+    error_code,
+    put_team,
+    rate_limit_pair,
+)
 from tests.support.http import raw_request
 from tests.support.services import Services, with_services
 
@@ -134,3 +148,74 @@ async def test_static_key_ids_do_not_depend_on_config_order() -> None:
         with pytest.raises(RateLimited):  # the other replica counts against the same per-key counter
             await s.quotas.charge(await replicas[1].authenticate(f"Bearer {STATIC_RAW}"), None, 1)
     await with_services(StoreSettings(url="memory://"), body)
+
+
+# A key this replica verified before goes on as remembered while the store reads it (proxy/auth.py
+# `identify`): one round trip with the quota charge instead of two. The guess is never trusted.
+
+def test_a_known_keys_store_read_is_in_flight_beside_its_quota_charge(gateway: ThreadedServer) -> None:
+    key = create_key(gateway.url, limits={"rpm": 100})["key"]
+    assert embed(gateway.url, key).status_code == 200  # now remembered here
+    client = gateway.app[GATEWAY].store.client  # type: ignore[index]
+    send = client.execute_command
+    beside: list[str] = []  # commands sent while the key's read was unanswered
+    reading: list[asyncio.Event] = []
+
+    async def watched(*args: Any, **options: Any) -> Any:
+        command = str(args[0]).upper()
+        if command == "GET" and ":key:" in str(args[1]):
+            reading.append(asyncio.Event())
+            try:
+                answer = await send(*args, **options)
+                # Hold the answer back until another command goes out: a pipeline that waited for it
+                # first would send nothing, and the assertion below would say so.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reading[-1].wait(), 5)
+                return answer
+            finally:
+                reading.pop()
+        if reading:
+            beside.append(command)
+            reading[-1].set()
+        return await send(*args, **options)
+
+    client.execute_command = watched
+    try:
+        assert embed(gateway.url, key).status_code == 200
+    finally:
+        client.execute_command = send
+    assert "EVALSHA" in beside or "EVAL" in beside, beside
+
+
+def test_a_remembered_key_revoked_since_is_401_and_its_charge_given_back(gateway: ThreadedServer) -> None:
+    put_team(gateway.url, "search", limits={"rpm": 10, "tpm": 1000})
+    made, other = create_key(gateway.url), create_key(gateway.url)["key"]
+    doomed = made["key"]
+    first = embed(gateway.url, doomed, input=TEN_TOKENS)
+    assert first.status_code == 200 and rate_limit_pair(first, "requests")[1] == "9"
+    assert admin(gateway.url, "DELETE", f"/admin/keys/{made['id']}").status_code == 200
+    revoked = embed(gateway.url, doomed, input=TEN_TOKENS)
+    assert revoked.status_code == 401 and error_code(revoked) == "invalid_api_key", revoked.text
+    bad_body = httpx.post(gateway.url + "/v1/embeddings", content=b"{not json",
+                          headers={"Authorization": f"Bearer {doomed}"})
+    assert bad_body.status_code == 401  # a 400 waits for the key's read too
+    after = embed(gateway.url, other, input=TEN_TOKENS)
+    # The team saw the first request and this one: the revoked key's two tries cost it nothing.
+    assert rate_limit_pair(after, "requests")[1] == "8", after.headers
+    assert rate_limit_pair(after, "tokens")[1] == "980", after.headers
+
+
+def test_a_remembered_key_changed_since_is_served_as_the_store_has_it(gateway: ThreadedServer) -> None:
+    made = create_key(gateway.url, limits={"rpm": 100})
+    key, path = made["key"], f"/admin/keys/{made['id']}"
+    assert embed(gateway.url, key).status_code == 200
+    assert admin(gateway.url, "PATCH", path, json={"limits": {"rpm": 1}}).status_code == 200
+    limited = embed(gateway.url, key)  # as remembered (rpm 100) it would pass; as stored it has used its one
+    assert limited.status_code == 429 and rate_limit_pair(limited, "requests")[:2] == ("1", "0"), limited.headers
+    assert admin(gateway.url, "PATCH", path, json={"limits": {"rpm": 100}, "models": ["ada"]}).status_code == 200
+    denied = embed(gateway.url, key)
+    assert denied.status_code == 403 and error_code(denied) == "model_not_allowed"
+    served = embed(gateway.url, key, model="ada")
+    # One request served before, one now: the refused ones in between charged nothing.
+    assert served.status_code == 200 and rate_limit_pair(served, "requests")[1] == "98", served.headers
+

@@ -72,6 +72,19 @@ def test_a_refund_during_the_outage_gives_back_tokens_but_not_the_request(later_
     run(later_redis, body)
 
 
+def test_a_refund_of_the_request_during_the_outage_gives_back_both(later_redis: RedisServer) -> None:
+    async def body(s: Services) -> None:
+        kept = await s.quotas.charge(key(), None, 10)
+        undeserved = await s.quotas.charge(key(), None, 30)
+        await s.quotas.refund(undeserved, request=True)
+        assert kept.missed_at is not None and s.ledger.pending
+        later_redis.start()
+        assert await s.ledger.flush()
+        assert (await counters(s, key()))["team"] == {"rq": 1, "tk": 10, "td": 10, "tm": 10}
+
+    run(later_redis, body)
+
+
 def test_a_flush_retried_after_a_lost_reply_counts_once(later_redis: RedisServer) -> None:
     async def body(s: Services) -> None:
         await s.usage.record(key(), None, "m", tokens=7)

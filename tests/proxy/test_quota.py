@@ -119,6 +119,23 @@ def test_refund_returns_exactly_the_charged_tokens_and_never_goes_negative(store
     run(store_settings, body)
 
 
+def test_a_refund_of_the_request_gives_back_its_rpm_count_too(store_settings: StoreSettings) -> None:
+    async def body(s: Services) -> None:
+        principal = key(rpm=2)
+        kept = await s.quotas.charge(principal, "alice", 5)
+        undeserved = await s.quotas.charge(principal, "alice", 30)  # a charge whose key proved revoked
+        await s.quotas.refund(undeserved, request=True)
+        kept_only = {"rq": 1, "tk": 5, "td": 5, "tm": 5}
+        assert await counters(s, principal, "alice") == {"key": kept_only, "team": kept_only, "user": kept_only}
+        for charge in (undeserved, kept, kept):  # more than was charged: the counters stop at zero
+            await s.quotas.refund(charge, request=True)
+        zero = {"rq": 0, "tk": 0, "td": 0, "tm": 0}
+        assert await counters(s, principal, "alice") == {"key": zero, "team": zero, "user": zero}
+        again = await s.quotas.charge(principal, "alice", 1)  # the rpm window is free again
+        assert again.headers["x-ratelimit-remaining-requests"] == "1"
+    run(store_settings, body)
+
+
 def test_headers_without_a_charge_change_nothing(store_settings: StoreSettings) -> None:
     async def body(s: Services) -> None:
         principal = key(rpm=3, tpm=30)
