@@ -8,8 +8,8 @@ in a process of its own). Measured in one run, every ratio against the direct fi
   difference of the percentiles);
 - throughput at 1, 8 and 32 concurrent clients, through the gateway ÷ direct;
 - open mode (no key, no cache) and production mode (master key, a team key made through the admin API
-  with limits at key and team level, the embedding cache, all on a redis-server this bench starts): miss (fresh texts) and hit (the
-  same texts again);
+  with limits at key and team level, the embedding cache, all on a redis-server this bench starts): miss
+  (fresh texts) and hit (the same texts again);
 - the largest legal request, 2048 inputs x 1536 dims, float and base64, open mode;
 - gateway CPU per request: utime + stime of the gateway process (/proc/<pid>/stat) over a phase ÷ its
   requests;

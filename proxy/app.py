@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -86,7 +87,11 @@ async def observed(request: web.Request, handler: Handler) -> web.StreamResponse
         else:
             exchange.status = response.status
         finally:  # CancelledError too: the client hung up, logged as 499
-            exchange.finish(gw.metrics, span, traced)
+            exchange.ended = time.perf_counter()
+            if traced:  # the span's attributes must be set before it ends
+                exchange.finish(gw.metrics, span, traced)
+            else:  # after the answer is written: metrics and the log line are not the client's wait
+                asyncio.get_running_loop().call_soon(exchange.finish, gw.metrics, span, traced)
     response.headers[REQUEST_ID] = exchange.request_id
     return response
 

@@ -6,6 +6,7 @@ into the object. The per-request line (proxy/observe.py) is built that way, and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -52,6 +53,15 @@ def _text_value(value: object) -> str:
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # The same text as logging's default, its strftime made once per second instead of once per line.
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime(self.default_time_format, self.converter(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -77,9 +87,51 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, written once per turn of the event loop: the lines one turn logs (a request's line among them)
+    go out in one write, after the answers that turn sent, where a write per line was a system call on
+    every request's path. A line logged where no loop runs (start-up, a worker thread) is written at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+        self._flushing: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def emit(self, record: logging.LogRecord) -> None:  # called under the handler's lock
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._write()
+                return
+            if self._flushing is not loop:  # another loop's flush may never run: that loop may be closing
+                self._flushing = loop
+                loop.call_soon(self.flush)
+        except RecursionError:
+            raise
+        except Exception:  # as StreamHandler does: a bad record or a closed stream is reported, never raised
+            self._pending.clear()
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self._write()
+            except (OSError, ValueError):  # stderr closed or broken: the lines have nowhere to go
+                self._pending.clear()
+
+    def _write(self) -> None:
+        self._flushing = None
+        if self._pending:
+            lines, self._pending = "".join(self._pending), []
+            self.stream.write(lines)
+        self.stream.flush()
+
+
 def configure(options: LogOptions) -> None:
     """The root logger writes to stderr in the chosen format, at the chosen level (replacing any handler)."""
-    handler = logging.StreamHandler()
+    handler = TurnHandler()
     handler.setFormatter(JsonFormatter() if options.format == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -53,6 +53,7 @@ class Exchange:
     cache: str | None = None
     deployment: str | None = None
     upstream_seconds: float = 0.0
+    ended: float = 0.0  # perf_counter when the handler returned; finish() may come a little later
 
     @classmethod
     def begin(cls, request: web.Request) -> Exchange:
@@ -61,7 +62,7 @@ class Exchange:
                    path in QUIET_PATHS)
 
     def finish(self, metrics: Metrics, span: Span, traced: bool) -> None:
-        seconds = time.perf_counter() - self.started
+        seconds = (self.ended or time.perf_counter()) - self.started
         if self.model is not None:
             metrics.request_done(self.model, self.team or NO_TEAM, self.status, seconds, self.upstream_seconds,
                                  self.tokens, self.inputs)

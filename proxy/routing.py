@@ -28,6 +28,7 @@ class ModelService:
         self.fallbacks: list[ModelService] = []
         self.space = entry.name  # the space root's name; set by the router once every entry exists
         self.choose = make_strategy(entry.strategy)
+        self._target: Target | None = None
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -41,6 +42,17 @@ class ModelService:
 
     def candidates(self, suffix: str | None) -> tuple[Candidate, ...]:
         return tuple(Candidate(d, self.upstream_model(d, suffix)) for d in self.deployments)
+
+    def target(self, suffix: str | None) -> Target:
+        """Where a request for this entry may go; a configured name's is built once, a pattern's per request."""
+        if suffix is None and self._target is not None:
+            return self._target
+        tiers = (self.candidates(suffix), *(f.candidates(None) for f in self.fallbacks))
+        target = Target(model=self.entry.name, tiers=tiers, choose=self.choose, matryoshka=self.entry.matryoshka,
+                        native_dimensions=self.entry.dimensions, ignore_input_type=self.entry.ignore_input_type)
+        if suffix is None:  # asked only once the router has set `fallbacks`
+            self._target = target
+        return target
 
     async def wait_ready(self) -> None:
         await wait_any_ready(self.entry.name, self.deployments)
@@ -69,11 +81,7 @@ class Route:
         return self.service.entry
 
     def target(self) -> Target:
-        service = self.service
-        tiers = (service.candidates(self.suffix), *(f.candidates(None) for f in service.fallbacks))
-        return Target(model=service.entry.name, tiers=tiers, choose=service.choose,
-                      matryoshka=service.entry.matryoshka, native_dimensions=service.entry.dimensions,
-                      ignore_input_type=service.entry.ignore_input_type)
+        return self.service.target(self.suffix)
 
     def space_identity(self) -> tuple[str, ...]:
         """What names this route's embedding space in cache keys: never anything only the client chooses.
