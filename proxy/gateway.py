@@ -7,6 +7,7 @@ import logging
 
 from providers.http import HttpClient
 from providers.local import LocalProvider
+from providers.tokenizers import Cl100k, cl100k
 from proxy.accounts import Accounts
 from proxy.auth import Authenticator
 from proxy.batches import Batches
@@ -51,12 +52,15 @@ class Gateway:
         self.files = Files(settings.files, self.store)
         self.batches = Batches(self.store, self.files)
         self._start_task: asyncio.Task[None] | None = None
+        self._tokenizer_task: asyncio.Task[Cl100k] | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self.draining = False  # set on SIGTERM: /readyz answers 503 so load balancers stop sending
 
     def start(self) -> None:
         """Begin loading backends in the background; /readyz turns 200 when they are up."""
         self._start_task = asyncio.create_task(self.router.start(), name="embedgate-backends")
+        # Every request's validation needs cl100k, and loading it takes seconds: not on the first request.
+        self._tokenizer_task = asyncio.create_task(asyncio.to_thread(cl100k), name="embedgate-tokenizer")
         self.ledger.replay()
         self._ledger_task = asyncio.create_task(self.ledger.run(), name="embedgate-ledger")
         log.info("store: %s", self.store.describe())
@@ -68,6 +72,8 @@ class Gateway:
 
     async def ready(self) -> dict[str, bool]:
         checks = {f"deployment:{d.name}": d.ready for d in self.router.deployments}
+        loaded = self._tokenizer_task
+        checks["tokenizer"] = loaded is not None and loaded.done() and loaded.exception() is None
         checks["store"] = await self.store.ping()
         if self.cache_store is not self.store:
             checks["cache_store"] = await self.cache_store.ping()

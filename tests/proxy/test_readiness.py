@@ -10,10 +10,11 @@ import httpx
 import pytest
 
 from providers.openai import OpenAIProvider
+from providers.tokenizers import cl100k
 from proxy.app import create_app
 from proxy.settings import parse_settings
 from testkit.openai_upstream import FakeOpenAI
-from testkit.servers import ThreadedServer
+from testkit.servers import ThreadedServer, wait_ready
 
 GATE = threading.Event()
 
@@ -49,3 +50,16 @@ def test_ready_only_after_backends_start(slow_gateway: ThreadedServer) -> None:
     waiter.join(timeout=30)
     assert results and results[0].status_code == 200  # the request waited for the model, then was served
     assert httpx.get(slow_gateway.url + "/readyz").status_code == 200
+
+
+def test_the_tokenizer_is_loaded_before_ready_not_on_the_first_request(fake_openai: FakeOpenAI) -> None:
+    cl100k.cache_clear()  # as in a fresh process
+    settings = parse_settings({"models": [{"name": "m", "provider": "openai", "api_base": fake_openai.url,
+                                           "api_key": fake_openai.api_key}]})
+    server = ThreadedServer(lambda: create_app(settings)).start()
+    try:
+        wait_ready(server.url)
+        assert httpx.get(server.url + "/readyz").json()["checks"]["tokenizer"] is True
+        assert cl100k.cache_info().currsize == 1  # loaded, and no request has come yet
+    finally:
+        server.stop()
