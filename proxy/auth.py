@@ -167,7 +167,7 @@ class Authenticator:
         self._store = store
         self._outages = outages
         self._ttl = settings.key_cache_ttl
-        self._recent: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[float, KeyRecord, bytes]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -239,8 +239,10 @@ class Authenticator:
         if raw is None:
             self._recent.pop(digest, None)
             return None
-        record = KeyRecord.model_validate_json(raw)
-        self._recent[digest] = (time.monotonic(), record)
+        known = self._recent.get(digest)
+        # The same bytes as last time are the same record: parsing them again was a share of every request.
+        record = known[1] if known is not None and known[2] == raw else KeyRecord.model_validate_json(raw)
+        self._recent[digest] = (time.monotonic(), record, raw)
         self._recent.move_to_end(digest)
         if len(self._recent) > RECENT_KEYS:
             self._recent.popitem(last=False)

@@ -30,6 +30,7 @@ log = logging.getLogger("embedgate.quota")
 KINDS = ("rpm", "tpm", "tokens_per_day", "tokens_per_month")
 COUNTERS = ("rq", "tk", "td", "tm")  # request window, token window, day budget, month budget
 NO_LIMIT = -1
+MEMO_SIZE = 10_000  # callers (key, user) whose script KEYS and limits are kept
 _DESCRIBE = {
     "rpm": "requests per minute (rpm)",
     "tpm": "tokens per minute (tpm)",
@@ -130,8 +131,10 @@ class Verdict(NamedTuple):
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Verdict:
-        named = {_text(name): value for name, value in zip(reply[::2], reply[1::2], strict=True)}
-        return cls._make(_text(named[name]) if name in _TEXT_FIELDS else int(named[name]) for name in cls._fields)
+        # Names come as bytes from Redis (as str from some clients): look them up as they come.
+        named = dict(zip(reply[::2], reply[1::2], strict=True))
+        fields = _FIELDS_BYTES if reply and isinstance(reply[0], bytes) else _FIELDS_STR
+        return cls._make(_text(named[name]) if text else int(named[name]) for name, text in fields)
 
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -145,6 +148,8 @@ class Verdict(NamedTuple):
 
 
 _TEXT_FIELDS = frozenset({"failed_level", "failed_kind", "too_big_level", "too_big_kind"})
+_FIELDS_STR = [(name, name in _TEXT_FIELDS) for name in Verdict._fields]
+_FIELDS_BYTES = [(name.encode(), text) for name, text in _FIELDS_STR]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +183,7 @@ class Quotas:
         self._rejected = rejected
         self._budget = budget
         self._deny_on_error = store.settings.on_error == "deny"
+        self._memo: dict[tuple[Principal, str | None], tuple[list[str], list[int]]] = {}
         self._charge = store.client.register_script(_script("quota.lua"))
         self._refund = store.client.register_script(_script("refund.lua"))
 
@@ -234,14 +240,27 @@ class Quotas:
         except STORE_ERRORS as err:  # the original failure matters more; the metric and log record this one
             self._outages.failed("refund", err)
 
+    def _keys_and_limits(self, principal: Principal, user: str | None) -> tuple[list[str], list[int]]:
+        """The scripts' KEYS and the key's limits as ARGV: the same few callers ask again and again, so they
+        are kept (bounded) rather than built on every request."""
+        memo = (principal, user)
+        known = self._memo.get(memo)
+        if known is None:
+            assert principal.team is not None
+            limits = principal.limits.model_dump()
+            known = (quota_keys(self._store, principal.team, principal.key_id, user),
+                     [NO_LIMIT if limits[kind] is None else limits[kind] for kind in KINDS])
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo] = known
+        return known
+
     async def _run(self, principal: Principal | None, user: str | None, tokens: int, *, commit: bool) -> Charge:
         if not self.charges(principal):
             return NOTHING
         assert principal is not None and principal.team is not None
-        keys = quota_keys(self._store, principal.team, principal.key_id, user)
-        limits = principal.limits.model_dump()
-        args = [tokens, int(commit), int(user is not None),
-                *(NO_LIMIT if limits[kind] is None else limits[kind] for kind in KINDS),
+        keys, limits = self._keys_and_limits(principal, user)
+        args = [tokens, int(commit), int(user is not None), *limits,
                 *(() if self._clock is None else (self._clock(),))]
         try:
             verdict = Verdict.decode(await self._charge(keys=keys, args=args))
