@@ -65,7 +65,9 @@ class StoreSettings(_Frozen):
     prefix: str = "eg"
     on_error: Literal["allow", "deny"] = "allow"
     timeout: float = Field(1.0, gt=0)
-    max_connections: int = Field(default=256, ge=1, description="pooled connections per Redis node")
+    max_connections: int | None = Field(
+        default=None, ge=1, description="pooled connections per Redis node; default 64 on one Redis (a burst past "
+        "them waits for one), 256 on a cluster or behind Sentinel (whose pools fail a burst past them)")
     # While the store is down, charges and usage are kept in process (proxy/ledger.py) and written
     # when it returns; past this many distinct counters, usage keeps per-key totals only.
     max_pending: int = Field(default=100_000, ge=100, description="counters kept in process during an outage")

@@ -28,6 +28,11 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.Ti
 
 # How long a request waits for a free pooled connection before that counts as a store failure.
 POOL_WAIT_SECONDS = 5.0
+# A blocking pool (one Redis) queues a burst past its size, so it can stay small: a cold replica hit by a
+# burst opened a connection per command in flight, and hundreds of connects at once timed out as an
+# outage. Cluster and Sentinel pools fail a burst past their size instead: theirs stays large.
+BLOCKING_POOL = 64
+FAILING_POOL = 256
 
 
 def connect(settings: StoreSettings) -> Any:
@@ -40,7 +45,8 @@ def connect(settings: StoreSettings) -> Any:
 
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(),
                                         connection_pool_class=redis.BlockingConnectionPool,
-                                        max_connections=settings.max_connections, timeout=POOL_WAIT_SECONDS)
+                                        max_connections=settings.max_connections or BLOCKING_POOL,
+                                        timeout=POOL_WAIT_SECONDS)
     common: dict[str, Any] = {
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
@@ -49,8 +55,8 @@ def connect(settings: StoreSettings) -> Any:
         return _sentinel_client(url, settings, common)
     if settings.cluster or url.startswith("redis+cluster://"):
         return RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1),
-                                     max_connections=settings.max_connections, **common)
-    pool = redis.BlockingConnectionPool.from_url(url, max_connections=settings.max_connections,
+                                     max_connections=settings.max_connections or FAILING_POOL, **common)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=settings.max_connections or BLOCKING_POOL,
                                                  timeout=POOL_WAIT_SECONDS, health_check_interval=10,
                                                  retry_on_timeout=False, **common)
     return redis.Redis(connection_pool=pool)
@@ -76,8 +82,8 @@ def _sentinel_client(url: str, settings: StoreSettings, common: dict[str, Any]) 
     error, so a promoted replica is found without a restart."""
     sentinels, service, db, password = parse_sentinel_url(url)
     sentinel = Sentinel(sentinels, sentinel_kwargs=common, **common)  # type: ignore[no-untyped-call]
-    return sentinel.master_for(service, db=db, password=password, max_connections=settings.max_connections,
-                               retry_on_timeout=False)
+    return sentinel.master_for(service, db=db, password=password,
+                               max_connections=settings.max_connections or FAILING_POOL, retry_on_timeout=False)
 
 
 # Query parameters whose values are credentials (password=, sentinel_password=, auth_token=, ...).
