@@ -5,7 +5,7 @@ replica. The in-process memory of recently verified keys serves two ends:
 - while the store is down, a key verified within `auth.key_cache_ttl` seconds is let in (an
   unknown key gets 503);
 - otherwise it is a guess (`identify`): the embeddings pipeline charges the quota for the key as
-  remembered while the store's copy is read, so both round trips overlap. The guess is never
+  remembered while the store's copy is read, so both go out in one round trip. The guess is never
   trusted: nothing is served before the store's copy confirms it, and a guess that proves wrong
   (revoked, expired, changed) is refunded and the request goes again as the store has it.
 """
@@ -18,9 +18,10 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -90,8 +91,8 @@ class Principal:
 
 MASTER = Principal(key_id="master", team=None)
 
-# The verified caller, once the store has answered: raises 401 (revoked, expired) or 503 (store down, key
-# not verified recently), as `authenticate` would.
+# The store's read of a guessed caller, started by the first call and shared by later ones: the verified
+# caller, or 401 (revoked, expired) or 503 (store down, key not verified recently), as `authenticate` would.
 Confirm = Callable[[], Awaitable[Principal | None]]
 
 
@@ -200,10 +201,8 @@ class Authenticator:
         remembered = self._recent.get(digest)
         if remembered is None or remembered[1].is_expired(time.time()):
             return Caller(await self._verify(token, digest))
-        verifying = asyncio.get_running_loop().create_task(self._verify(token, digest))
-        verifying.add_done_callback(_retrieved)
         record = remembered[1]
-        return Caller(Principal.of(record, record.id), lambda: verifying)
+        return Caller(Principal.of(record, record.id), _ReadOnce(lambda: self._verify(token, digest)))
 
     def _without_store(self, token: str) -> tuple[str | None, Principal | None]:
         """The master or a static key (digest None), else the digest of a token the store must tell."""
@@ -227,7 +226,7 @@ class Authenticator:
 
     async def _lookup(self, digest: str) -> KeyRecord | None:
         try:
-            raw = await self._store.client.get(record_key(self._store, digest))
+            raw = await self._store.batched.call("GET", record_key(self._store, digest))
         except STORE_ERRORS as err:
             self._outages.failed("auth", err)
             cached = self._recent.get(digest)
@@ -247,6 +246,22 @@ class Authenticator:
         if len(self._recent) > RECENT_KEYS:
             self._recent.popitem(last=False)
         return record
+
+
+class _ReadOnce:
+    """The store's read of a guessed key: started by the first caller that asks, in the turn of the event loop
+    where the quota charge and the cache read go out too (proxy/coalesce.py sends the three as one pipeline),
+    and shared with any later asker."""
+
+    def __init__(self, read: Callable[[], Coroutine[Any, Any, Principal]]) -> None:
+        self._read = read
+        self._task: asyncio.Task[Principal] | None = None
+
+    def __call__(self) -> asyncio.Task[Principal]:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._read())
+            self._task.add_done_callback(_retrieved)
+        return self._task
 
 
 def _retrieved(task: asyncio.Task[Principal]) -> None:

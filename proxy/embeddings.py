@@ -97,10 +97,11 @@ async def _create(gw: Gateway, request: EmbeddingRequest, cache_control: CacheCo
 async def _charge(gw: Gateway, caller: Caller, user: str | None, tokens: int) -> Charge:
     """The request's quota charge. For a guessed caller it runs beside the store's read of the key, so the two
     cost one round trip; a charge the key proves not to deserve is given back whole, the request included."""
-    charging = gw.quotas.charge(caller.principal, user, tokens)
     if caller.confirm is None:
-        return await charging
-    charged, confirmation = await asyncio.gather(charging, confirmed(caller), return_exceptions=True)
+        return await gw.quotas.charge(caller.principal, user, tokens)
+    caller.confirm()  # the key's read starts first, so it leaves in the charge's pipeline (proxy/coalesce.py)
+    charged, confirmation = await asyncio.gather(gw.quotas.charge(caller.principal, user, tokens),
+                                                 confirmed(caller), return_exceptions=True)
     if isinstance(confirmation, BaseException):
         if isinstance(charged, Charge):
             await gw.quotas.refund(charged, request=True)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, Literal, NamedTuple
 
+from redis.exceptions import NoScriptError
+
 from proxy.auth import Principal
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited, ServiceUnavailable
 from proxy.ledger import HASH, WINDOW, Increment, Ledger
@@ -240,6 +242,14 @@ class Quotas:
         except STORE_ERRORS as err:  # the original failure matters more; the metric and log record this one
             self._outages.failed("refund", err)
 
+    async def _check(self, keys: list[str], args: list[int]) -> Any:
+        """quota.lua, sent with the request's other store reads (proxy/coalesce.py); loaded first where Redis
+        does not have it yet (a restart, a SCRIPT FLUSH)."""
+        try:
+            return await self._store.batched.call("EVALSHA", self._charge.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._charge(keys=keys, args=args)
+
     def _keys_and_limits(self, principal: Principal, user: str | None) -> tuple[list[str], list[int]]:
         """The scripts' KEYS and the key's limits as ARGV: the same few callers ask again and again, so they
         are kept (bounded) rather than built on every request."""
@@ -263,7 +273,7 @@ class Quotas:
         args = [tokens, int(commit), int(user is not None), *limits,
                 *(() if self._clock is None else (self._clock(),))]
         try:
-            verdict = Verdict.decode(await self._charge(keys=keys, args=args))
+            verdict = Verdict.decode(await self._check(keys, args))
         except STORE_ERRORS as err:
             self._outages.failed("quota", err)
             if self._deny_on_error:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from proxy.auth import Authenticator, hash_key
 from proxy.errors import RateLimited
-from proxy.handlers import GATEWAY
 from proxy.settings import AuthSettings, StoreSettings
 from proxy.store import Outages
 from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
 from testkit.servers import ThreadedServer
 from tests.conftest import start_gateway, upstream_settings
 from tests.support.admin import (
@@ -30,6 +28,7 @@ from tests.support.admin import (
     put_team,
     rate_limit_pair,
 )
+from tests.support.cache_setup import counted_round_trips
 from tests.support.http import raw_request
 from tests.support.services import Services, with_services
 
@@ -153,38 +152,20 @@ async def test_static_key_ids_do_not_depend_on_config_order() -> None:
 # A key this replica verified before goes on as remembered while the store reads it (proxy/auth.py
 # `identify`): one round trip with the quota charge instead of two. The guess is never trusted.
 
-def test_a_known_keys_store_read_is_in_flight_beside_its_quota_charge(gateway: ThreadedServer) -> None:
-    key = create_key(gateway.url, limits={"rpm": 100})["key"]
-    assert embed(gateway.url, key).status_code == 200  # now remembered here
-    client = gateway.app[GATEWAY].store.client  # type: ignore[index]
-    send = client.execute_command
-    beside: list[str] = []  # commands sent while the key's read was unanswered
-    reading: list[asyncio.Event] = []
-
-    async def watched(*args: Any, **options: Any) -> Any:
-        command = str(args[0]).upper()
-        if command == "GET" and ":key:" in str(args[1]):
-            reading.append(asyncio.Event())
-            try:
-                answer = await send(*args, **options)
-                # Hold the answer back until another command goes out: a pipeline that waited for it
-                # first would send nothing, and the assertion below would say so.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(reading[-1].wait(), 5)
-                return answer
-            finally:
-                reading.pop()
-        if reading:
-            beside.append(command)
-            reading[-1].set()
-        return await send(*args, **options)
-
-    client.execute_command = watched
+def test_a_known_keys_read_its_quota_charge_and_its_cache_read_are_one_round_trip(
+        fake_openai: FakeOpenAI, redis_server: RedisServer) -> None:
+    server = start_gateway(upstream_settings(fake_openai, auth={"master_key": MASTER_KEY},
+                                             store={"url": redis_server.url, "prefix": f"rt{secrets.token_hex(4)}"}))
     try:
-        assert embed(gateway.url, key).status_code == 200
+        key = create_key(server.url, limits={"rpm": 100})["key"]
+        assert embed(server.url, key, input="first").status_code == 200  # now remembered here
+        with counted_round_trips(server, redis_server.url) as sends:
+            assert embed(server.url, key, input="second").status_code == 200
+            first = sends[0]
+        # The key's record, quota.lua and the cache's MGET left together, in the request's first send.
+        assert b"\r\nGET\r\n" in first and b"\r\nEVALSHA\r\n" in first and b"\r\nMGET\r\n" in first, sends
     finally:
-        client.execute_command = send
-    assert "EVALSHA" in beside or "EVAL" in beside, beside
+        server.stop()
 
 
 def test_a_remembered_key_revoked_since_is_401_and_its_charge_given_back(gateway: ThreadedServer) -> None:

@@ -253,7 +253,7 @@ async def test_entries_over_max_entry_bytes_are_not_stored(cache: EmbeddingCache
 
 
 class BrokenClient:
-    async def mget(self, keys: list[str]) -> list[bytes | None]:
+    async def execute_command(self, *command: object) -> object:
         raise RedisConnectionError("store is down")
 
 
