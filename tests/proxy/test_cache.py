@@ -152,9 +152,11 @@ class ScriptedBackend:
     calls: list[list[str]] = field(default_factory=list)
     delay: float = 0.0
     failure: Exception | None = None
+    called: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
         self.calls.append([input_key(x) for x in inputs])
+        self.called.set()
         await asyncio.sleep(self.delay)
         if self.failure is not None:
             raise self.failure
@@ -353,8 +355,7 @@ async def test_aclose_gives_up_on_a_write_held_past_its_grace(cache: EmbeddingCa
 async def test_aclose_cancels_calls_still_under_way(cache: EmbeddingCache) -> None:
     backend = ScriptedBackend(delay=30)
     waiting = asyncio.create_task(serve(cache, backend, ["never"]))
-    while not backend.calls:
-        await asyncio.sleep(0)
+    await backend.called.wait()
     await asyncio.wait_for(cache.aclose(), 10)
     with pytest.raises(asyncio.CancelledError):
         await waiting
