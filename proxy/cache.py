@@ -222,7 +222,8 @@ class _Wanted:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """What the store held for one request's inputs, before any backend call."""
+    """What the cache held for one request's inputs (in the store, or answered with the write behind),
+    before any backend call."""
 
     space: Space
     keys: list[str]  # per input, in order

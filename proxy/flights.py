@@ -86,7 +86,8 @@ class Flights(Generic[T]):
         flight = Flight(asyncio.create_task(call, name="embedgate-cache-flight"))
         for key in keys:
             self._by_key[key] = flight
-        # Registered before any waiter's: the write starts (and reaches the store) before the waiters resume.
+        # Registered before any waiter's, so the write starts before the waiters resume: its command
+        # normally leaves for the store before their answers leave for the clients.
         flight.call.add_done_callback(partial(self._answered, flight, list(keys), write))
         return flight
 
