@@ -2,9 +2,10 @@
 
 A request's inputs are deduplicated, looked up with one MGET, and only the misses go to the
 backend (through the `fetch` function the pipeline passes in); results merge back in input
-order. Concurrent identical misses in one process share one backend call ("flight"). Entries
-are written with one pipeline. A store error never fails a request: the cache steps aside.
-See docs/cache.md.
+order. Concurrent identical misses in one process share one backend call ("flight",
+proxy/flights.py). The new entries are written with one pipeline after the answer, in the
+background: until that write lands, a request for one of them finds it in memory, as a hit. A
+store error never fails a request: the cache steps aside. See docs/cache.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from providers.base import EmbedInput, Vectors, normalize
 from proxy.errors import GatewayError, InvalidRequest, UpstreamError
+from proxy.flights import WRITE_GRACE_SECONDS, Flight, Flights, Write
 from proxy.metrics import Metrics
 from proxy.settings import CacheSettings, ModelEntry
 from proxy.store import STORE_ERRORS, Store
@@ -186,7 +188,7 @@ Fetch = Callable[[Sequence[EmbedInput], Sequence[int]], Awaitable[Fetched]]
 class Served:
     vectors: Vectors  # float32 [n, d], row i answers inputs[i]
     prompt_tokens: int  # the whole request's, hits included
-    hits: tuple[int, ...]  # positions whose vector came from the store
+    hits: tuple[int, ...]  # positions whose vector came from the cache (the store, or a write still under way)
     status: Status
     deployments: tuple[str, ...] = ()  # which served the misses
     upstream_seconds: float = 0.0  # how long the request waited on backends (gateway overhead is the rest)
@@ -201,9 +203,6 @@ class _Landed:
     entries: dict[str, Entry]
     deployments: tuple[str, ...]
     seconds: float  # the backend calls' wall time, the cache write left out
-
-
-Flight = asyncio.Task[_Landed]
 
 
 class _Refused(Exception):
@@ -223,19 +222,21 @@ class _Wanted:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """What the store held for one request's inputs, before any backend call."""
+    """What the cache held for one request's inputs (in the store, or answered with the write behind),
+    before any backend call."""
 
     space: Space
     keys: list[str]  # per input, in order
     wanted: dict[str, _Wanted]  # per distinct key
-    joined: dict[str, Flight]  # keys already in flight in this process: not read
-    found: dict[str, Entry]
+    joined: dict[str, Flight[_Landed]]  # keys whose backend call is under way in this process: not read
+    found: dict[str, Entry]  # from the store, or from a call that answered and whose write has not landed
     use_store: bool  # False: the store failed or is resting; neither read nor written
     control: CacheControl
 
     @property
     def looked(self) -> int:
-        """Keys read from the store: every wanted one not in flight, when the read was made and answered."""
+        """Keys looked up (read from the store or found in memory): every wanted one not joined, when the
+        read was made and answered."""
         return len(self.wanted) - len(self.joined) if self.use_store and self.control.read else 0
 
 
@@ -244,8 +245,7 @@ class EmbeddingCache:
         self.store = store
         self.metrics = metrics
         self.tracing = tracing or Tracing()
-        self._flights: dict[str, Flight] = {}
-        self._waiters: dict[Flight, int] = {}  # requests awaiting each flight; none left: it is cancelled
+        self._flights: Flights[_Landed] = Flights()
         self._store_down_until = 0.0
 
     async def lookup(self, space: Space, inputs: Sequence[EmbedInput], tokens: Sequence[int],
@@ -258,17 +258,24 @@ class EmbeddingCache:
         for key, item, count in zip(keys, inputs, tokens, strict=True):
             wanted.setdefault(key, _Wanted(item, count))
 
-        # Inputs already on their way from the backend are joined, not read: their flight may
-        # land (and write) while our read is under way.
-        joined = {key: self._flights[key] for key in wanted if key in self._flights}
+        flying = {key: flight for key in wanted if (flight := self._flights.get(key)) is not None}
         use_store = time.monotonic() >= self._store_down_until
         found: dict[str, Entry] = {}
         if use_store and control.read:
-            read = await self._read(space, {k: w for k, w in wanted.items() if k not in joined})
+            # A flight that has answered holds entries the store may not have yet (the write is behind):
+            # they are found here, as hits. Inputs still on their way from the backend are joined, not
+            # read: their flight may land (and write) while our read is under way.
+            for key, flight in flying.items():
+                if (landed := flight.landed) is not None:
+                    found[key] = landed.entries[key]
+            read = await self._read(space, {k: w for k, w in wanted.items() if k not in flying})
             if read is None:
-                use_store = False
+                use_store, found = False, {}
             else:
-                found = read
+                found.update(read)
+        # A no-cache request shares a call under way, never one that answered before it came.
+        joined = {key: flight for key, flight in flying.items()
+                  if key not in found and (control.read or flight.under_way)}
         return Lookup(space, keys, wanted, joined, found, use_store, control)
 
     async def embed(self, space: Space | None, inputs: Sequence[EmbedInput], tokens: Sequence[int],
@@ -322,6 +329,8 @@ class EmbeddingCache:
     async def _read(self, space: Space, wanted: Mapping[str, _Wanted]) -> dict[str, Entry] | None:
         """The entries found, with one MGET (asking for full-size vectors too on a matryoshka
         model); None when the store failed."""
+        if not wanted:
+            return {}
         keys = list(wanted)
         full_keys: list[str] = []
         if space.matryoshka and space.dimensions is not None:
@@ -345,23 +354,20 @@ class EmbeddingCache:
                 found[key] = entry
         return found
 
-    async def _fetch(self, space: Space, misses: dict[str, _Wanted], joined: Mapping[str, Flight],
+    async def _fetch(self, space: Space, misses: dict[str, _Wanted], joined: Mapping[str, Flight[_Landed]],
                      fetch: Fetch, write: bool) -> _Landed:
         """Entries for the misses: join the flights under way, start one for the rest."""
-        waits: dict[Flight, list[str]] = {}
+        waits: dict[Flight[_Landed], list[str]] = {}
         own: dict[str, _Wanted] = {}
         for key, wanted in misses.items():
-            flight = joined.get(key) or self._flights.get(key)
+            flight = joined.get(key) or self._flights.under_way(key)  # or one started since the lookup
             if flight is None:
                 own[key] = wanted
             else:
                 waits.setdefault(flight, []).append(key)
-        mine: Flight | None = None
+        mine: Flight[_Landed] | None = None
         if own:
-            mine = asyncio.create_task(self._fly(space, own, fetch, write), name="embedgate-cache-flight")
-            for key in own:
-                self._flights[key] = mine
-            mine.add_done_callback(partial(self._landed, list(own)))
+            mine = self._flights.launch(list(own), self._fly(own, fetch), self._writer(space, write))
             waits[mine] = list(own)
         results = await asyncio.gather(*(
             self._join(space, flight, {k: misses[k] for k in keys}, fetch, write, owner=flight is mine)
@@ -370,24 +376,20 @@ class EmbeddingCache:
         used = dict.fromkeys(name for result in results for name in result.deployments)
         return _Landed({key: merged[key] for key in misses}, tuple(used), max(r.seconds for r in results))
 
-    async def _join(self, space: Space, flight: Flight, wanted: dict[str, _Wanted], fetch: Fetch, write: bool,
-                    owner: bool) -> _Landed:
-        self._waiters[flight] = self._waiters.get(flight, 0) + 1
+    async def _join(self, space: Space, flight: Flight[_Landed], wanted: dict[str, _Wanted], fetch: Fetch,
+                    write: bool, owner: bool) -> _Landed:
         try:
-            # Shielded: a client that hangs up does not cancel the call others wait on...
-            return await asyncio.shield(flight)
+            return await flight.join()
         except _Refused:
             if owner:
                 raise
-            # ...and another request's bad input does not fail ours: our inputs go on their own.
-            return await self._fly(space, wanted, fetch, write)
-        finally:
-            self._waiters[flight] -= 1
-            if not self._waiters[flight]:
-                del self._waiters[flight]
-                flight.cancel()  # ...but one no request waits on any more is not worth finishing
+            # Another request's bad input does not fail ours: our inputs go on their own.
+            landed = await self._fly(wanted, fetch)
+            if write:
+                self._flights.write_behind(self._write(space, landed))
+            return landed
 
-    async def _fly(self, space: Space, own: dict[str, _Wanted], fetch: Fetch, write: bool) -> _Landed:
+    async def _fly(self, own: dict[str, _Wanted], fetch: Fetch) -> _Landed:
         wanted = list(own.values())
         keys = list(own)
         started = time.perf_counter()
@@ -399,19 +401,14 @@ class EmbeddingCache:
         seconds = time.perf_counter() - started
         counts = apportion(result.prompt_tokens, [w.tokens for w in wanted])
         entries = {key: Entry(result.vectors[i], counts[i]) for i, key in enumerate(keys)}
-        if write:
-            await self._write(space, entries)
         return _Landed(entries, result.deployments, seconds)
 
-    def _landed(self, keys: list[str], flight: Flight) -> None:
-        for key in keys:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # retrieved here: its waiters got it, or there were none left
+    def _writer(self, space: Space, write: bool) -> Write[_Landed] | None:
+        return partial(self._write, space) if write else None
 
-    async def _write(self, space: Space, entries: Mapping[str, Entry]) -> None:
-        values = {key: encode_entry(entry) for key, entry in entries.items()}
+    async def _write(self, space: Space, landed: _Landed) -> None:
+        """The entries of an answered flight, in one pipeline: run in the background, after the answer."""
+        values = {key: encode_entry(entry) for key, entry in landed.entries.items()}
         values = {key: raw for key, raw in values.items() if len(raw) <= space.max_entry_bytes}
         try:
             with self.tracing.span("cache.write"):
@@ -425,8 +422,11 @@ class EmbeddingCache:
         log.warning("cache store %s failed (%s: %s); bypassing the cache for %.0fs",
                     operation, type(err).__name__, err, STORE_RETRY_SECONDS)
 
-    async def aclose(self) -> None:
-        flights = set(self._flights.values())
-        for flight in flights:
-            flight.cancel()
-        await asyncio.gather(*flights, return_exceptions=True)
+    async def settled(self) -> None:
+        """Return once the writes under way have landed (or failed): for shutdown, and for tests that
+        read the store right after an answer."""
+        await self._flights.settled()
+
+    async def aclose(self, grace: float = WRITE_GRACE_SECONDS) -> None:
+        """Cancel the backend calls still under way; wait up to `grace` seconds for the writes."""
+        await self._flights.aclose(grace)

@@ -28,9 +28,9 @@ from tests.support.batches import (
     start_batch,
     text_lines,
     wait_batch,
-    wait_until,
 )
 from tests.support.replicas import replicas
+from tests.support.waiting import wait_until
 
 
 def batch_config(fake: FakeOpenAI, tmp_path: Path, files: dict[str, Any] | None = None,

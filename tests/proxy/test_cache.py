@@ -1,10 +1,10 @@
 """proxy/cache.py on its own: keys, entry format, token apportioning, and the cache's
-behaviour around a scripted backend (single flight, failures, store errors)."""
+behaviour around a scripted backend (single flight, failures, store errors, the write behind the answer)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,9 +152,11 @@ class ScriptedBackend:
     calls: list[list[str]] = field(default_factory=list)
     delay: float = 0.0
     failure: Exception | None = None
+    called: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, inputs: Sequence[EmbedInput], tokens: Sequence[int]) -> Dispatched:
         self.calls.append([input_key(x) for x in inputs])
+        self.called.set()
         await asyncio.sleep(self.delay)
         if self.failure is not None:
             raise self.failure
@@ -264,4 +266,112 @@ async def test_a_store_error_bypasses_the_cache_and_is_counted(cache: EmbeddingC
     assert (await serve(cache, backend, ["x", "x"]))[0] == "bypass"
     assert (await serve(cache, backend, ["x"]))[0] == "bypass"  # within the retry window: not even tried
     assert cache.metrics.registry.get_sample_value("embedgate_store_errors_total", {"operation": "cache_read"}) == 1
+    assert len(backend.calls) == 2
+
+
+# --- the write, behind the answer -------------------------------------------------------------
+
+class HeldWrites:
+    """Holds the cache's store writes until `release` (a slow store, as the cache sees it); each
+    write then goes on to the store, or raises `failure` instead."""
+
+    def __init__(self, store: Store, failure: Exception | None = None) -> None:
+        self.started = 0
+        self.released = asyncio.Event()
+        self.failure = failure
+        self._set_many = store.set_many
+        store.set_many = self._held  # type: ignore[method-assign]
+
+    async def _held(self, items: Mapping[str, bytes], ttl: int) -> None:
+        self.started += 1
+        await self.released.wait()
+        if self.failure is not None:
+            raise self.failure
+        await self._set_many(items, ttl)
+
+
+def stored(cache: EmbeddingCache, item: EmbedInput) -> Awaitable[list[bytes | None]]:
+    return cache.store.get_many([cache.store.key("emb", digest(item))])
+
+
+def lookups(cache: EmbeddingCache, result: str) -> float | None:
+    return cache.metrics.registry.get_sample_value("embedgate_cache_lookups_total", {"model": "m", "result": result})
+
+
+@pytest.mark.asyncio
+async def test_the_answer_does_not_wait_for_the_write(cache: EmbeddingCache) -> None:
+    backend = ScriptedBackend()
+    held = HeldWrites(cache.store)
+    # Bounded so that an answer that waits for the held write fails the test instead of hanging it.
+    assert (await asyncio.wait_for(serve(cache, backend, ["behind"]), 10))[0] == "miss"
+    assert held.started == 1 and await stored(cache, "behind") == [None]
+    # The same input while its write is held: found in memory, a hit like a store hit, no second call.
+    served = await asyncio.wait_for(cache.embed(make_space(), ["fresh", "behind"], [2, 2], backend), 10)
+    assert (served.status, served.hits) == ("partial", (1,))
+    assert backend.calls == [["behind"], ["fresh"]]
+    assert (lookups(cache, "hit"), lookups(cache, "miss")) == (1, 2)
+    held.released.set()
+    await cache.settled()
+    assert await stored(cache, "behind") != [None] and await stored(cache, "fresh") != [None]
+    assert (await serve(cache, backend, ["behind", "fresh"]))[0] == "hit"  # now from the store
+    assert len(backend.calls) == 2
+
+
+@pytest.mark.asyncio
+async def test_no_cache_does_not_take_an_answer_whose_write_is_held(cache: EmbeddingCache) -> None:
+    backend = ScriptedBackend()
+    held = HeldWrites(cache.store)
+    await serve(cache, backend, ["again"])
+    assert (await serve(cache, backend, ["again"], CacheControl(read=False)))[0] == "miss"
+    assert len(backend.calls) == 2  # `no-cache`: every input goes upstream, as documented
+    held.released.set()
+    await cache.settled()
+
+
+@pytest.mark.asyncio
+async def test_aclose_waits_for_a_held_write(cache: EmbeddingCache) -> None:
+    backend = ScriptedBackend()
+    held = HeldWrites(cache.store)
+    await serve(cache, backend, ["last words"])
+    closing = asyncio.create_task(cache.aclose())
+    for _ in range(20):  # many turns of the loop: aclose has every chance to return, and must not
+        await asyncio.sleep(0)
+    assert not closing.done()
+    held.released.set()
+    await asyncio.wait_for(closing, 10)
+    assert await stored(cache, "last words") != [None]
+
+
+@pytest.mark.asyncio
+async def test_aclose_gives_up_on_a_write_held_past_its_grace(cache: EmbeddingCache) -> None:
+    backend = ScriptedBackend()
+    HeldWrites(cache.store)  # never released
+    await serve(cache, backend, ["stuck"])
+    await asyncio.wait_for(cache.aclose(grace=0.01), 10)
+    assert await stored(cache, "stuck") == [None]
+
+
+@pytest.mark.asyncio
+async def test_aclose_cancels_calls_still_under_way(cache: EmbeddingCache) -> None:
+    backend = ScriptedBackend(delay=30)
+    waiting = asyncio.create_task(serve(cache, backend, ["never"]))
+    await backend.called.wait()
+    await asyncio.wait_for(cache.aclose(), 10)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await stored(cache, "never") == [None]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_still_answers_and_is_counted(cache: EmbeddingCache,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    backend = ScriptedBackend()
+    held = HeldWrites(cache.store, failure=RedisConnectionError("store went away"))
+    assert (await serve(cache, backend, ["unwritten"]))[0] == "miss"
+    held.released.set()
+    await cache.settled()
+    assert cache.metrics.registry.get_sample_value("embedgate_store_errors_total", {"operation": "cache_write"}) == 1
+    assert any("cache store cache_write failed" in r.getMessage() for r in caplog.records)
+    assert await stored(cache, "unwritten") == [None]
+    assert (await serve(cache, backend, ["unwritten"]))[0] == "bypass"  # the store rests, as after a failed read
     assert len(backend.calls) == 2

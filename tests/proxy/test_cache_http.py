@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from proxy.handlers import GATEWAY
+from proxy.settings import parse_settings
 from testkit.openai_upstream import FakeOpenAI, expected_vector
 from testkit.redis_server import RedisServer
 from testkit.servers import GatewayProcess, ThreadedServer, write_config
 from tests.conftest import start_gateway
-from tests.support.cache_setup import cache_config, cache_settings, counted_round_trips
+from tests.support.cache_setup import cache_config, cache_settings, counted_round_trips, settle_writes, writes_held
 from tests.support.http import Reply, embed, embed_ok
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -149,6 +151,7 @@ def test_one_read_and_one_write_per_request(fake_openai: FakeOpenAI, redis_serve
         inputs = [f"round trip {i}" for i in range(20)]
         with counted_round_trips(server, redis_server.url) as sends:
             assert embed_ok(server.url, inputs).cache == "miss"
+            settle_writes(server)  # the write runs behind the answer
             assert len(sends) == 2
             assert sends[0].count(b"\r\nMGET\r\n") == 1
             assert sends[1].count(b"\r\nSET\r\n") == 20 and sends[1].count(b"\r\nEX\r\n") == 20
@@ -158,6 +161,7 @@ def test_one_read_and_one_write_per_request(fake_openai: FakeOpenAI, redis_serve
             sends.clear()
             assert embed_ok(server.url, [*inputs, "new one", "new two"], model="matryoshka-small",
                             dimensions=8).cache == "partial"  # 20 cut from full vectors, 2 new
+            settle_writes(server)
             assert len(sends) == 2  # the matryoshka read asks for both sizes in one MGET
             assert sends[0].count(b"\r\nMGET\r\n") == 1 and sends[1].count(b"\r\nSET\r\n") == 2
     finally:
@@ -168,6 +172,7 @@ def test_entries_expire_after_their_ttl(fake_openai: FakeOpenAI, redis_server: R
     server = start_gateway(cache_settings(fake_openai, redis_server.url, cache={"ttl": 123}))
     try:
         embed_ok(server.url, ["ephemeral"])
+        settle_writes(server)
         client = redis_server.client()
         keys = client.keys(f"{server.app[GATEWAY].store.prefix}:emb:*")  # type: ignore[index]
         assert len(keys) == 1 and 120 <= client.ttl(keys[0]) <= 123
@@ -202,16 +207,75 @@ def test_store_outage_bypasses_the_cache_then_recovers(fake_openai: FakeOpenAI) 
 
 def test_two_gateway_processes_share_hits(tmp_path: Path, fake_openai: FakeOpenAI,
                                           redis_server: RedisServer) -> None:
-    config = write_config(cache_config(fake_openai, redis_server.url), tmp_path / "embedgate.yaml")
+    settings = cache_config(fake_openai, redis_server.url)
+    config = write_config(settings, tmp_path / "embedgate.yaml")
     replicas = [GatewayProcess(config), GatewayProcess(config)]
+    client = redis_server.client()
     try:
         for replica in replicas:
             replica.wait_ready()
         first = embed_ok(replicas[0].url, ["replicated", "twice"])
+        # The first replica writes behind its answer: the other finds the entries once they are in Redis.
+        wait_until(lambda: len(client.keys(f"{settings['store']['prefix']}:emb:*")) == 2)
         second = embed_ok(replicas[1].url, ["twice", "replicated"])
         assert (first.cache, second.cache) == ("miss", "hit")
         assert_vectors(second, ["twice", "replicated"])
         assert fake_openai.inputs_seen == ["replicated", "twice"]
     finally:
+        client.close()
         for replica in replicas:
             replica.stop()
+
+
+@pytest.fixture
+def held_redis_gateway(fake_openai: FakeOpenAI) -> Iterator[tuple[ThreadedServer, RedisServer]]:
+    """A gateway on a Redis of its own (the test pauses its writes), whose store calls wait for a
+    held write rather than time out."""
+    redis = RedisServer().start()
+    config = cache_config(fake_openai, redis.url)
+    config["store"]["timeout"] = 60
+    server = start_gateway(parse_settings(config))
+    yield server, redis
+    server.stop()
+    redis.stop()
+
+
+def test_an_answer_does_not_wait_for_its_cache_write(held_redis_gateway: tuple[ThreadedServer, RedisServer],
+                                                     fake_openai: FakeOpenAI) -> None:
+    server, redis = held_redis_gateway
+    client = redis.client()
+    entries = f"{server.app[GATEWAY].store.prefix}:emb:*"  # type: ignore[index]
+    with writes_held(redis):
+        assert embed_ok(server.url, ["written behind"]).cache == "miss"  # answered while Redis holds the SET
+        assert client.keys(entries) == []
+        # The same input again before its write lands: a hit from memory, no second upstream call.
+        again = embed_ok(server.url, ["fresh", "written behind"])
+        assert again.cache == "partial"
+        assert_vectors(again, ["fresh", "written behind"])
+        assert fake_openai.inputs_seen == ["written behind", "fresh"]
+        hits = metric(server, "embedgate_cache_lookups_total", {"model": "text-embedding-3-small", "result": "hit"})
+        assert hits == 1
+    settle_writes(server)
+    assert len(client.keys(entries)) == 2
+    client.close()
+
+
+def test_shutdown_lands_the_writes_still_under_way(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """SIGTERM right after an answer whose write Redis still holds: the process exits only once it landed."""
+    redis = RedisServer().start()
+    settings = cache_config(fake_openai, redis.url)
+    settings["store"]["timeout"] = 60  # the held SET waits, it does not time out
+    gateway = GatewayProcess(write_config(settings, tmp_path / "embedgate.yaml")).wait_ready()
+    client = redis.client()
+    try:
+        # Held for 2 s, then unpaused by Redis itself. A process that exited without waiting would
+        # close its connection, and Redis drops a held command whose client is gone.
+        with writes_held(redis, milliseconds=2000):
+            assert embed_ok(gateway.url, ["last request"]).cache == "miss"
+            gateway.stop()
+        assert gateway.proc.returncode == 0
+        assert len(client.keys(f"{settings['store']['prefix']}:emb:*")) == 1
+    finally:
+        gateway.stop()
+        client.close()
+        redis.stop()

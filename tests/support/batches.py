@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +12,7 @@ from openai.types import Batch
 
 from testkit.openai_upstream import expected_vector
 from tests.support.http import decode_embedding
+from tests.support.waiting import wait_until
 
 MODEL = "text-embedding-3-small"
 
@@ -33,13 +33,6 @@ def text_lines(count: int, prefix: str = "row") -> list[dict[str, Any]]:
 def start_batch(client: openai.OpenAI, items: Iterable[dict[str, Any] | bytes]) -> Batch:
     uploaded = client.files.create(file=("input.jsonl", jsonl(items), "application/jsonl"), purpose="batch")
     return client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.1)
 
 
 def wait_batch(client: openai.OpenAI, batch_id: str, until: Callable[[Batch], bool],

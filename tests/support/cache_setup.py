@@ -12,6 +12,7 @@ import redis.asyncio as aredis
 from proxy.handlers import GATEWAY
 from proxy.settings import Settings, parse_settings
 from testkit.openai_upstream import FakeOpenAI
+from testkit.redis_server import RedisServer
 from testkit.servers import ThreadedServer
 from tests.conftest import upstream_config
 
@@ -71,3 +72,21 @@ def counted_round_trips(server: ThreadedServer, redis_url: str) -> Iterator[list
     finally:
         counting, store.client = store.client, original
         server.call(counting.aclose)
+
+
+def settle_writes(server: ThreadedServer) -> None:
+    """Wait until the gateway's cache writes, which run behind the answers, have landed."""
+    server.call(server.app[GATEWAY].cache.settled)  # type: ignore[index]
+
+
+@contextmanager
+def writes_held(redis: RedisServer, milliseconds: int = 60_000) -> Iterator[None]:
+    """Redis holds every write command it gets (CLIENT PAUSE ... WRITE) until the block ends or
+    `milliseconds` pass, whichever comes first; reads are answered meanwhile."""
+    client = redis.client()
+    client.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE")
+    try:
+        yield
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+        client.close()
