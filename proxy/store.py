@@ -147,9 +147,9 @@ class Store:
         """`SET key value EX ttl` for every item, in one pipeline (not a transaction)."""
         if not items:
             return
-        if len(items) == 1:  # the common one-input request: one command costs less than a pipeline
+        if len(items) == 1:  # the common one-input request: with the turn's other commands, if any
             [(key, value)] = items.items()
-            await self.client.set(key, value, ex=ttl)
+            await self.batched.call("SET", key, value, "EX", ttl)
             return
         pipe = self.pipeline(transaction=False)
         for key, value in items.items():
