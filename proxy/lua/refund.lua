@@ -6,6 +6,7 @@ local sec = tonumber(ARGV[1])
 local tokens = tonumber(ARGV[2])
 local day, _, month = periods(sec)
 
+-- A day or month budget's field (a window's bucket goes through take_bucket, which keeps its `sum`).
 local function take(key, field)
   local have = tonumber(redis.call('HGET', key, field) or '0')
   if have <= 0 then return end
@@ -15,7 +16,7 @@ end
 
 for _, level in ipairs(levels(ARGV[3] == '1')) do
   local first = level[2]
-  take(KEYS[first + 1], tostring(sec))
+  take_bucket(KEYS[first + 1], sec, tokens)
   take(KEYS[first + 2], day)
   take(KEYS[first + 3], month)
 end

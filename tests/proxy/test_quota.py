@@ -12,7 +12,8 @@ import pytest
 from proxy.accounts import TeamConfig
 from proxy.auth import Principal
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited
-from proxy.quota import Charge, Quotas, _script, format_reset
+from proxy.lua import counter_script
+from proxy.quota import Charge, Quotas, format_reset
 from proxy.settings import Limits, StoreSettings
 from proxy.store import Outages
 from tests.support.quota import TEAM, counters, key
@@ -147,7 +148,7 @@ def test_the_lua_calendar_matches_python(store_settings: StoreSettings) -> None:
     stamps += random.Random(3).sample(range(0, 5_000_000_000), 300)
 
     async def body(s: Services) -> None:
-        script = s.store.client.register_script(_script("refund.lua").split("\nlocal sec")[0] + """
+        script = s.store.client.register_script(counter_script("refund.lua").split("\nlocal sec")[0] + """
             local out = {}
             for i, ts in ipairs(ARGV) do
               local d, de, m, me = periods(tonumber(ts))

@@ -17,11 +17,27 @@ def key(rpm: int | None = None, tpm: int | None = None, per_day: int | None = No
 
 
 async def counters(s: Services, principal: Principal, user: str | None = None) -> dict[str, dict[str, int]]:
-    """Every counter a charge touches, summed: {"key"|"team"|"user": {"rq"|"tk"|"td"|"tm": total}}."""
+    """Every counter a charge touches, summed: {"key"|"team"|"user": {"rq"|"tk"|"td"|"tm": total}}.
+    Each rate window's bookkeeping is checked on the way (see `buckets`)."""
     keys = quota_keys(s.store, TEAM, principal.key_id, user)[1:]
     levels = ["key", "team", "user"][: len(keys) // 4]
     out: dict[str, dict[str, int]] = {}
     for index, level in enumerate(levels):
-        values = [await s.store.client.hvals(k) for k in keys[index * 4: index * 4 + 4]]
-        out[level] = {c: sum(int(v) for v in vs) for c, vs in zip(COUNTERS, values, strict=True)}
+        hashes = [await s.store.client.hgetall(k) for k in keys[index * 4: index * 4 + 4]]
+        values = [buckets(h).values() for h in hashes[:2]] + [[int(v) for v in h.values()] for h in hashes[2:]]
+        out[level] = {c: sum(vs) for c, vs in zip(COUNTERS, values, strict=True)}
+    return out
+
+
+def buckets(raw: dict[bytes, bytes]) -> dict[int, int]:
+    """A rate window's one-second buckets, after checking the fields quota.lua keeps beside them
+    (proxy/lua/_common.lua): `sum`, their total, and `from`, the oldest of their seconds. A hash
+    without them (the old format) is taken as it is."""
+    fields = {k.decode(): int(v) for k, v in raw.items()}
+    total, oldest = fields.pop("sum", None), fields.pop("from", None)
+    out = {int(sec): value for sec, value in fields.items()}
+    if total is not None or oldest is not None:
+        assert out, f"bookkeeping left in a window without buckets: {raw}"
+        assert (total, oldest) == (sum(out.values()), min(out)), f"bookkeeping out of step with the buckets: {raw}"
+        assert all(value > 0 for value in out.values()), raw
     return out

@@ -1,0 +1,84 @@
+"""Redis time of the per-request quota script (proxy/lua/quota.lua), as Redis itself counts it.
+
+A redis-server of our own; `Quotas` charges requests of 10 keys and 200 end users of one team, on a
+test clock that moves 1 ms per request (1,000 requests a second, so every window holds buckets over
+the whole minute). Limits are set at every level (six window hashes per request) and are high
+enough that every request is admitted: the common case. After WARMUP simulated seconds (a full
+window) the command stats are reset; then MEASURE seconds are charged and Redis's own `INFO
+commandstats` gives the µs per `evalsha` call: the time every request's quota check holds Redis.
+
+`python -m bench.quota [--seconds 30] [--rate 1000]`. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import random
+import time
+
+from prometheus_client import CollectorRegistry, Counter
+
+from proxy.accounts import Accounts, TeamConfig
+from proxy.auth import Principal
+from proxy.ledger import Ledger
+from proxy.quota import Quotas
+from proxy.settings import Limits, StoreSettings
+from proxy.store import Outages, Store
+from testkit.redis_server import RedisServer
+
+TEAM = "bench"
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+WARMUP = 61  # simulated seconds: every window full before anything is counted
+CONCURRENCY = 32  # requests in flight, as many clients would keep them
+PLENTY = Limits(rpm=10**9, tpm=10**12, tokens_per_day=10**15, tokens_per_month=10**16)
+
+
+async def charge(quotas: Quotas, keys: list[Principal], users: list[str], n: int, rng: random.Random) -> None:
+    pending: set[asyncio.Task[object]] = set()
+    for _ in range(n):
+        if len(pending) >= CONCURRENCY:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        pending.add(asyncio.ensure_future(quotas.charge(rng.choice(keys), rng.choice(users), rng.randint(5, 500))))
+    await asyncio.gather(*pending)
+
+
+async def measure(url: str, seconds: int, rate: int) -> dict[str, float]:
+    store = Store(StoreSettings(url=url, prefix="bq"))
+    await store.warm_up()
+    try:
+        await Accounts(store).put_team(TEAM, TeamConfig(limits=PLENTY, user_limits=PLENTY))
+        ticks = itertools.count(START_MS * rate // 1000)
+        quotas = Quotas(store, Outages(Counter("e", "e", ["operation"], registry=CollectorRegistry())),
+                        Ledger(store, 100_000, None), clock=lambda: next(ticks) * 1000 // rate)
+        rng = random.Random(7)
+        keys = [Principal(f"key{n}", TEAM, limits=PLENTY) for n in range(10)]
+        users = [f"user{n}" for n in range(200)]
+        await charge(quotas, keys, users, WARMUP * rate, rng)
+        await store.client.config_resetstat()
+        started = time.perf_counter()
+        await charge(quotas, keys, users, seconds * rate, rng)
+        wall = time.perf_counter() - started
+        stats = (await store.client.info("commandstats"))["cmdstat_evalsha"]
+        return {"calls": stats["calls"], "usec_per_call": stats["usec_per_call"],
+                "calls_per_wall_second": round(stats["calls"] / wall)}
+    finally:
+        await store.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=30, help="simulated seconds measured after the warm-up")
+    parser.add_argument("--rate", type=int, default=1000, help="requests per simulated second")
+    args = parser.parse_args()
+    server = RedisServer().start()
+    try:
+        print(json.dumps(asyncio.run(measure(server.url, args.seconds, args.rate))))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
