@@ -133,10 +133,12 @@ local function settle(key, now)
 end
 
 -- Add `amount` to bucket `sec` of a settled window whose oldest bucket is `first` (nil: none).
+-- True when that opened the bucket.
 local function add_bucket(key, sec, amount, first)
-  redis.call('HINCRBY', key, sec, amount)
+  local opened = redis.call('HINCRBY', key, sec, amount) == amount
   redis.call('HINCRBY', key, SUM, amount)
   if first == nil or sec < first then redis.call('HSET', key, FROM, sec) end
+  return opened
 end
 
 -- Take up to `amount` back from bucket `sec` (a refund), never below zero.

@@ -15,8 +15,7 @@ from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimite
 from proxy.lua import counter_script
 from proxy.quota import Charge, Quotas, format_reset
 from proxy.settings import Limits, StoreSettings
-from proxy.store import Outages
-from tests.support.quota import TEAM, counters, key
+from tests.support.quota import BASE_MS, TEAM, Clock, clocked, counters, key
 from tests.support.services import Services, with_services
 
 
@@ -165,25 +164,6 @@ def test_the_lua_calendar_matches_python(store_settings: StoreSettings) -> None:
                                           (3_723_000, "1h2m3s")])
 def test_reset_is_formatted_like_openai(ms: int, text: str) -> None:
     assert format_reset(ms) == text
-
-
-class Clock:
-    """A test clock for the scripts, in epoch milliseconds, that only moves when told."""
-
-    def __init__(self, start_ms: int) -> None:
-        self.ms = start_ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a second (and minute) boundary
-
-
-def clocked(s: Services) -> tuple[Quotas, Clock]:
-    """The services' quotas, but on a clock the test moves."""
-    clock = Clock(BASE_MS)
-    return Quotas(s.store, Outages(s.errors), s.ledger, clock=clock), clock
 
 
 async def admitted_at(quotas: Quotas, clock: Clock, principal: Principal, times_ms: list[int],

@@ -1,10 +1,12 @@
-"""Builders for the quota tests: a key of team `TEAM` with given limits, and every counter a charge touches."""
+"""Builders for the quota tests: a key of team `TEAM` with given limits, every counter a charge touches,
+and quotas on a clock the test moves."""
 
 from __future__ import annotations
 
 from proxy.auth import Principal
-from proxy.quota import COUNTERS, quota_keys
+from proxy.quota import COUNTERS, Quotas, quota_keys
 from proxy.settings import Limits
+from proxy.store import Outages
 from tests.support.services import Services
 
 TEAM = "search"
@@ -41,3 +43,22 @@ def buckets(raw: dict[bytes, bytes]) -> dict[int, int]:
         assert (total, oldest) == (sum(out.values()), min(out)), f"bookkeeping out of step with the buckets: {raw}"
         assert all(value > 0 for value in out.values()), raw
     return out
+
+
+class Clock:
+    """A test clock for the scripts, in epoch milliseconds, that only moves when told."""
+
+    def __init__(self, start_ms: int) -> None:
+        self.ms = start_ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a second (and minute) boundary
+
+
+def clocked(s: Services) -> tuple[Quotas, Clock]:
+    """The services' quotas, but on a clock the test moves."""
+    clock = Clock(BASE_MS)
+    return Quotas(s.store, Outages(s.errors), s.ledger, clock=clock), clock
