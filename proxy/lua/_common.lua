@@ -147,8 +147,9 @@ local function take_bucket(key, sec, amount)
   if have <= 0 then return end
   if have > amount then redis.call('HINCRBY', key, sec, -amount)
   else redis.call('HDEL', key, sec) end
-  if redis.call('HEXISTS', key, SUM) == 0 then return end  -- no bookkeeping yet: the next check reads it all
-  if have <= amount and tonumber(redis.call('HGET', key, FROM)) == sec then
+  local state = redis.call('HMGET', key, SUM, FROM)
+  if not state[1] then return end  -- no bookkeeping yet: the next check reads it all
+  if have <= amount and tonumber(state[2]) == sec then
     rescan(key, nil)  -- its oldest bucket is gone: find the next one (a refund is rare)
   else
     redis.call('HINCRBY', key, SUM, -math.min(have, amount))

@@ -13,7 +13,7 @@ from proxy.accounts import TeamConfig
 from proxy.auth import Principal
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited
 from proxy.lua import counter_script
-from proxy.quota import Charge, Quotas, format_reset
+from proxy.quota import Charge, Quotas, format_reset, quota_keys
 from proxy.settings import Limits, StoreSettings
 from tests.support.quota import BASE_MS, TEAM, Clock, clocked, counters, key
 from tests.support.services import Services, with_services
@@ -232,4 +232,18 @@ def test_a_request_larger_than_a_limit_is_refused_for_good_and_charges_nothing(s
             in too_big.value.message
         once = {"rq": 1, "tk": 5, "td": 5, "tm": 5}
         assert await counters(s, principal, "alice") == {"key": once, "team": once, "user": once}
+    run(store_settings, body)
+
+
+def test_counters_expire_once_what_they_count_is_over(store_settings: StoreSettings) -> None:
+    """Only the charge that opens a bucket (a day, a month) sets its hash's expiry: the first one must."""
+    async def body(s: Services) -> None:
+        principal = key(key_id="expiring")
+        rq, tk, day, month = quota_keys(s.store, TEAM, "expiring", None)[1:5]
+        for _ in range(3):  # the first opens them all; the next ones (likely in the same second) open none
+            await s.quotas.charge(principal, None, 5)
+            for window in (rq, tk):  # 65 s from its newest bucket's opening: past the bucket's 61 s
+                assert 0 < await s.store.client.ttl(window) <= 65
+            assert 0 < await s.store.client.ttl(day) <= 2 * 86400  # a day after the day ends
+            assert 86400 < await s.store.client.ttl(month) <= 32 * 86400
     run(store_settings, body)
