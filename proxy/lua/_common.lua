@@ -54,16 +54,29 @@ end
 
 -- Rate windows -----------------------------------------------------------------------------------
 -- A window hash holds one-second buckets (field = epoch second, value = count, always > 0: a refund
--- removes a bucket it empties) and two fields no second can be named:
---   sum   the total of every bucket in the hash, so a check reads one field, not up to WINDOW + 1
---         buckets (reading and summing them all was most of a quota call's Redis time);
---   from  the second of the hash's oldest bucket: buckets leave the window in the order of their
---         seconds, so expiring them is a short walk forward from here.
--- Every writer keeps both exact: quota.lua (settle, then add), refund.lua (take), flush.lua (settle,
--- then add, possibly into an older second). A hash with no bucket left is removed whole, `sum` and
--- `from` with it, so none is ever left without the TTL that charges give it.
-local SUM, FROM = 'sum', 'from'
+-- removes a bucket it empties) and two fields of bookkeeping:
+--   sum  (field SUM)  the total of every bucket in the hash, so a check reads one field, not up to
+--        WINDOW + 1 buckets (reading and summing them all was most of a quota call's Redis time);
+--   from (field FROM) the second of the hash's oldest bucket: buckets leave the window in the order
+--        of their seconds, so expiring them is a short walk forward from here.
+-- Every writer keeps both exact: quota.lua (settle, then add_bucket), refund.lua (take_bucket),
+-- flush.lua (settle, then add_bucket, possibly into an older second). A hash with no bucket left is
+-- removed whole, bookkeeping and all, so none is ever left without the TTL that charges give it.
+--
+-- Their fields are named as seconds no clock gives ('-1', '-2'), not as words: a gateway of the
+-- previous version (the rest of a rolling deploy, or a rollback) reads every field of a window as a
+-- second. These it takes for buckets that left the window long ago and deletes them, where a word
+-- would break its arithmetic and fail every quota call on that window. A hash it has charged is
+-- then without bookkeeping, like one written before it existed, and the next check here reads it
+-- in full and writes it again (see settle).
+local SUM, FROM = '-1', '-2'
 local STEP = 8  -- seconds looked up per HMGET on the walk: one call covers a dense window's step
+
+-- The second of a window's field; nil for its bookkeeping.
+local function bucket(field)
+  if field == SUM or field == FROM then return nil end
+  return tonumber(field)
+end
 
 local function hdel(key, fields)
   for i = 1, #fields, 1000 do  -- unpack has a stack limit: a hash left to grow may hold many
@@ -72,12 +85,12 @@ local function hdel(key, fields)
 end
 
 -- Read every field of window `key`, removing buckets older than `cutoff` (nil: none), and write its
--- `sum` and `from` afresh. Returns the total and the oldest second left (nil: no bucket left).
+-- bookkeeping afresh. Returns the total and the oldest second left (nil: no bucket left).
 local function rescan(key, cutoff)
   local raw = redis.call('HGETALL', key)
   local gone, used, first = {}, 0, nil
   for i = 1, #raw, 2 do
-    local sec = tonumber(raw[i])  -- nil for `sum` and `from`, rewritten below
+    local sec = bucket(raw[i])
     if sec ~= nil and cutoff ~= nil and sec < cutoff then
       gone[#gone + 1] = raw[i]
     elseif sec ~= nil then
@@ -101,8 +114,10 @@ local function settle(key, now)
   local cutoff = now - WINDOW
   local state = redis.call('HMGET', key, SUM, FROM)
   local sum, from = tonumber(state[1]), tonumber(state[2])
-  -- No `sum`: a hash written before windows kept one (or left inconsistent), read in full once;
-  -- a `from` more than a window before the cutoff (long idle): one HGETALL beats a long walk.
+  -- No bookkeeping: a hash written before it existed (Redis keeps a busy window's hash across an
+  -- upgrade: each charge renews its TTL), or charged since by the previous version, which deleted
+  -- it. Read in full once, which writes it. Also when `from` is more than a window before the cutoff
+  -- (a long idle): one HGETALL costs less than that walk.
   if sum == nil or from == nil or from < cutoff - WINDOW then return rescan(key, cutoff) end
   if sum > 0 and from >= cutoff then return sum, from end  -- the common case: nothing left
   local gone, first, sec = {}, nil, from

@@ -23,8 +23,8 @@ for i = 2, #ARGV, 5 do
   elseif extra >= now - WINDOW then
     local sec = extra
     if sec > now then sec = now end
-    -- Settled first, so the window's `sum` and `from` are there to keep: `from` moves back when
-    -- `sec` is older than every bucket it holds.
+    -- Settled first, so the window's bookkeeping is there to keep: `from` moves back when `sec` is
+    -- older than every bucket it holds.
     local _, oldest = settle(key, now)
     add_bucket(key, sec, amount, oldest)
     redis.call('EXPIRE', key, WINDOW + 5)

@@ -62,7 +62,7 @@ local function wait_for(key, need)
   local raw = redis.call('HGETALL', key)
   local live = {}
   for i = 1, #raw, 2 do
-    local sec = tonumber(raw[i])  -- nil for the window's `sum` and `from`
+    local sec = bucket(raw[i])
     if sec ~= nil and leaves(sec) > now_ms then live[#live + 1] = {sec, tonumber(raw[i + 1])} end
   end
   table.sort(live, function(a, b) return a[1] < b[1] end)
@@ -108,7 +108,7 @@ for _, level in ipairs(levels(has_user)) do
 end
 
 -- A window without a limit is settled too before it is charged: its old buckets leave it (rather
--- than pile up for as long as traffic lasts) and its `sum` is exact when a limit is set.
+-- than pile up for as long as traffic lasts) and its total is exact when a limit is set.
 -- Only the charge that opens a bucket renews the hash's TTL: it then outlives its newest bucket
 -- (61 s) by 4 s or more, for one EXPIRE a second instead of one a request.
 local function charge_window(key, amount)

@@ -6,7 +6,7 @@ local sec = tonumber(ARGV[1])
 local tokens = tonumber(ARGV[2])
 local day, _, month = periods(sec)
 
--- A day or month budget's field (a window's bucket goes through take_bucket, which keeps its `sum`).
+-- A day or month budget's field (a window's bucket goes through take_bucket, which keeps its bookkeeping).
 local function take(key, field)
   local have = tonumber(redis.call('HGET', key, field) or '0')
   if have <= 0 then return end

@@ -1,5 +1,5 @@
-"""The rate windows' bookkeeping (proxy/lua/_common.lua): each window hash keeps `sum`, the total of
-its buckets, and `from`, its oldest second, beside the buckets, so a check need not read them all.
+"""The rate windows' bookkeeping (proxy/lua/_common.lua): each window hash keeps the total of its
+buckets (SUM) and its oldest second (FROM) beside the buckets, so a check need not read them all.
 Every test reads the hashes back through `buckets`, which fails when either field is out of step
 with the buckets; on fakeredis, a real Redis and a real Redis Cluster."""
 
@@ -14,7 +14,7 @@ import pytest
 from proxy.ledger import WINDOW, Increment
 from proxy.quota import COUNTERS, Charge, format_reset, quota_keys
 from proxy.settings import StoreSettings
-from tests.support.quota import BASE_MS, TEAM, buckets, clocked, key
+from tests.support.quota import BASE_MS, SUM, TEAM, buckets, clocked, key
 from tests.support.services import Services, with_services
 
 BASE = BASE_MS // 1000
@@ -125,8 +125,9 @@ def test_an_idle_gap_longer_than_the_window_empties_it(store_settings: StoreSett
 
 
 def test_a_window_written_before_the_bookkeeping_is_read_in_full_once(store_settings: StoreSettings) -> None:
-    """A hash of buckets alone, as Redis holds them from before this change, counts what is live in it;
-    a refund into it leaves it as it is, and the next check writes `sum` and `from`."""
+    """A hash of buckets alone, as Redis holds them from before this change (or as the previous version
+    leaves one it charged during a rolling deploy), counts what is live in it; a refund into it leaves
+    it as it is, and the next check writes the bookkeeping."""
     async def body(s: Services) -> None:
         quotas, clock = clocked(s)
         principal = key(tpm=LIMIT, key_id="legacy")
@@ -140,7 +141,7 @@ def test_a_window_written_before_the_bookkeeping_is_read_in_full_once(store_sett
         clock.ms = now * 1000 + 500
         charge = await quotas.charge(principal, None, 1)
         assert await window(s, "legacy") == {now - 60: 7, now - 3: 5, now: 1}
-        assert b"sum" in await s.store.client.hgetall(window_key(s, "legacy"))
+        assert str(SUM).encode() in await s.store.client.hgetall(window_key(s, "legacy"))
         assert charge.headers["x-ratelimit-remaining-tokens"] == str(LIMIT - 13)
         assert charge.headers["x-ratelimit-reset-tokens"] == reset(now - 60, clock.ms) == "500ms"
     run(store_settings, body)

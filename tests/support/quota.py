@@ -31,13 +31,16 @@ async def counters(s: Services, principal: Principal, user: str | None = None) -
     return out
 
 
+SUM, FROM = -1, -2  # a window's bookkeeping fields (proxy/lua/_common.lua)
+
+
 def buckets(raw: dict[bytes, bytes]) -> dict[int, int]:
     """A rate window's one-second buckets, after checking the fields quota.lua keeps beside them
-    (proxy/lua/_common.lua): `sum`, their total, and `from`, the oldest of their seconds. A hash
-    without them (the old format) is taken as it is."""
-    fields = {k.decode(): int(v) for k, v in raw.items()}
-    total, oldest = fields.pop("sum", None), fields.pop("from", None)
-    out = {int(sec): value for sec, value in fields.items()}
+    (proxy/lua/_common.lua): SUM, their total, and FROM, the oldest of their seconds. A hash
+    without them (the old format) is taken as it is. Every field must read as a number, as the
+    previous version's script reads them all."""
+    out = {int(sec): int(value) for sec, value in raw.items()}
+    total, oldest = out.pop(SUM, None), out.pop(FROM, None)
     if total is not None or oldest is not None:
         assert out, f"bookkeeping left in a window without buckets: {raw}"
         assert (total, oldest) == (sum(out.values()), min(out)), f"bookkeeping out of step with the buckets: {raw}"
