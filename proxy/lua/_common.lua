@@ -116,10 +116,14 @@ local function settle(key, now)
   local sum, from = tonumber(state[1]), tonumber(state[2])
   -- No bookkeeping: a hash written before it existed (Redis keeps a busy window's hash across an
   -- upgrade: each charge renews its TTL), or charged since by the previous version, which deleted
-  -- it. Read in full once, which writes it. Also when `from` is more than a window before the cutoff
-  -- (a long idle): one HGETALL costs less than that walk.
-  if sum == nil or from == nil or from < cutoff - WINDOW then return rescan(key, cutoff) end
-  if sum > 0 and from >= cutoff then return sum, from end  -- the common case: nothing left
+  -- it. Read in full once, which writes it.
+  if sum == nil or from == nil then return rescan(key, cutoff) end
+  if sum > 0 and from >= cutoff then return sum, from end  -- the common case: nothing has left
+  -- Once the cutoff passes a minute boundary (about once a minute in a busy window, and after any
+  -- idle longer than the window) the whole hash is read instead of walked: that costs a busy window
+  -- one HGETALL a minute, beats a long walk, and puts right a total that went out of step (the
+  -- previous version, during a rolling deploy, charges windows it does not check without it).
+  if floor(from / WINDOW) ~= floor(cutoff / WINDOW) then return rescan(key, cutoff) end
   local gone, first, sec = {}, nil, from
   while first == nil and sum > 0 and sec <= now do
     local fields = {}
@@ -134,14 +138,15 @@ local function settle(key, now)
     end
     sec = sec + #fields
   end
-  -- Buckets the walk cannot reach (seconds after `now`: a clock that stepped back) or a total that
-  -- does not match them: the full read settles it.
-  if (first == nil) ~= (sum == 0) then return rescan(key, cutoff) end
-  if first == nil then
-    gone[#gone + 1] = SUM
+  if first ~= nil and sum > 0 then
+    redis.call('HSET', key, SUM, sum, FROM, first)
+  elseif first == nil and sum == 0 and redis.call('HLEN', key) == #gone + 2 then
+    gone[#gone + 1] = SUM  -- no bucket left: the hash goes
     gone[#gone + 1] = FROM
   else
-    redis.call('HSET', key, SUM, sum, FROM, first)
+    -- A total out of step with the buckets, or buckets the walk cannot reach (seconds after `now`:
+    -- a clock that stepped back): the full read settles it.
+    return rescan(key, cutoff)
   end
   hdel(key, gone)
   return sum, first

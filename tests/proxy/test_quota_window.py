@@ -145,3 +145,19 @@ def test_a_window_written_before_the_bookkeeping_is_read_in_full_once(store_sett
         assert charge.headers["x-ratelimit-remaining-tokens"] == str(LIMIT - 13)
         assert charge.headers["x-ratelimit-reset-tokens"] == reset(now - 60, clock.ms) == "500ms"
     run(store_settings, body)
+
+
+def test_a_total_out_of_step_is_put_right_within_a_minute(store_settings: StoreSettings) -> None:
+    """The previous version, during a rolling deploy, charges a window it does not check (here the key's
+    request window: no rpm) into its bucket alone. The total misses that until the cutoff next passes a
+    minute boundary, when the whole hash is read again."""
+    async def body(s: Services) -> None:
+        quotas, clock = clocked(s)
+        principal = key(tpm=LIMIT, key_id="drift")
+        for second in range(131):
+            clock.ms = BASE_MS + second * 1000 + 500
+            await quotas.charge(principal, None, 1)
+            if second == 10:
+                await s.store.client.hincrby(window_key(s, "drift", "rq"), str(BASE + 10), 3)
+        assert await window(s, "drift", "rq") == dict.fromkeys(range(BASE + 70, BASE + 131), 1)
+    run(store_settings, body)
