@@ -67,9 +67,9 @@ local function wait_for(key, need)
   end
   table.sort(live, function(a, b) return a[1] < b[1] end)
   local freed = 0
-  for _, bucket in ipairs(live) do
-    freed = freed + bucket[2]
-    if freed >= need then return leaves(bucket[1]) - now_ms end
+  for _, entry in ipairs(live) do
+    freed = freed + entry[2]
+    if freed >= need then return leaves(entry[1]) - now_ms end
   end
   return leaves(now) - now_ms
 end
