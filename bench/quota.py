@@ -30,7 +30,6 @@ from proxy.store import Outages, Store
 from testkit.redis_server import RedisServer
 
 TEAM = "bench"
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 WARMUP = 61  # simulated seconds: every window full before anything is counted
 CONCURRENCY = 32  # requests in flight, as many clients would keep them
 PLENTY = Limits(rpm=10**9, tpm=10**12, tokens_per_day=10**15, tokens_per_month=10**16)
@@ -57,7 +56,9 @@ async def measure(url: str, seconds: int, rate: int) -> dict[str, float]:
     await store.warm_up()
     try:
         await Accounts(store).put_team(TEAM, TeamConfig(limits=PLENTY, user_limits=PLENTY))
-        ticks = itertools.count(START_MS * rate // 1000)
+        # From now on the wall clock, not a fixed date: a day or month budget that ended in the past would
+        # have its key expire at once and be written anew (with its EXPIREAT) on every request.
+        ticks = itertools.count(int(time.time()) * rate)
         quotas = Quotas(store, Outages(Counter("e", "e", ["operation"], registry=CollectorRegistry())),
                         Ledger(store, 100_000, None), clock=lambda: next(ticks) * 1000 // rate)
         rng = random.Random(7)
