@@ -19,12 +19,12 @@ import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from proxy.lua import counter_script
 from proxy.store import STORE_ERRORS, Store
 
 log = logging.getLogger("embedgate.ledger")
@@ -85,7 +85,7 @@ class Ledger:
         self._pending: dict[str, Batch] = {}  # team → increments not yet in a batch
         self._flushing: list[Batch] = []  # batches tried at least once: retried with the same id
         self._replayed: list[Path] = []  # claimed spill files, removed once their batches are applied
-        self._apply = store.client.register_script(_script())
+        self._apply = store.client.register_script(counter_script("flush.lua"))
         self._lock = asyncio.Lock()
 
     # Recording ------------------------------------------------------------------------------------
@@ -217,7 +217,3 @@ def _unowned(path: Path) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _script() -> str:
-    return (resources.files("proxy") / "lua" / "flush.lua").read_text().replace("WINDOW", "60")

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import NoScriptError
@@ -24,6 +23,7 @@ from redis.exceptions import NoScriptError
 from proxy.auth import Principal
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited, ServiceUnavailable
 from proxy.ledger import HASH, WINDOW, Increment, Ledger
+from proxy.lua import counter_script
 from proxy.settings import Limits
 from proxy.store import STORE_ERRORS, Outages, Store
 
@@ -39,11 +39,6 @@ _DESCRIBE = {
     "tokens_per_day": "tokens per day (tokens_per_day)",
     "tokens_per_month": "tokens per month (tokens_per_month)",
 }
-
-
-def _script(name: str) -> str:
-    lua = resources.files("proxy") / "lua"
-    return (lua / "_common.lua").read_text() + "\n" + (lua / name).read_text()
 
 
 def team_conf_key(store: Store, team: str) -> str:
@@ -186,8 +181,8 @@ class Quotas:
         self._budget = budget
         self._deny_on_error = store.settings.on_error == "deny"
         self._memo: dict[tuple[Principal, str | None], tuple[list[str], list[int]]] = {}
-        self._charge = store.client.register_script(_script("quota.lua"))
-        self._refund = store.client.register_script(_script("refund.lua"))
+        self._charge = store.client.register_script(counter_script("quota.lua"))
+        self._refund = store.client.register_script(counter_script("refund.lua"))
 
     @staticmethod
     def charges(principal: Principal | None) -> bool:

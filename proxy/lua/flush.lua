@@ -3,10 +3,11 @@
 -- all in the team's hash-tag slot. ARGV[1] is the marker's lifetime in seconds; then five
 -- values per increment: key index (into KEYS), kind, field, amount, extra.
 --   kind 'h': HINCRBY key field amount; extra is a TTL in seconds given to a key that has none.
---   kind 'w': a rate window (HASH second -> count); extra is the epoch second of the last charge.
---             Still inside the window (quota.lua keeps a bucket until it is WINDOW s old), it lands in that second's bucket (or the window's
---             oldest live one), so the limit is as spent as if the store had seen it; past it,
---             the window has moved on and nothing is added.
+--   kind 'w': a rate window (HASH second -> count, see _common.lua); extra is the epoch second of
+--             the last charge. Still inside the window (quota.lua keeps a bucket until it is WINDOW s
+--             old), it lands in that second's bucket (the store's current one, for a second its clock
+--             has not reached), so the limit is as spent as if the store had seen it; past it, the
+--             window has moved on and nothing is added.
 -- Returns 1 when applied, 0 when this batch was applied before (a retry after a lost reply).
 
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) == false then
@@ -22,7 +23,10 @@ for i = 2, #ARGV, 5 do
   elseif extra >= now - WINDOW then
     local sec = extra
     if sec > now then sec = now end
-    redis.call('HINCRBY', key, tostring(sec), amount)
+    -- Settled first, so the window's bookkeeping is there to keep: `from` moves back when `sec` is
+    -- older than every bucket it holds.
+    local _, oldest = settle(key, now)
+    add_bucket(key, sec, amount, oldest)
     redis.call('EXPIRE', key, WINDOW + 5)
   end
 end

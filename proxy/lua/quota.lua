@@ -44,42 +44,40 @@ local function leaves(sec)
   return (sec + 1 + WINDOW) * 1000
 end
 
--- Sum a sliding window of one-second buckets, dropping those that left it. Also returns, for
--- `need` units to free, the ms until enough buckets have left the window, and the ms
--- until the oldest live bucket leaves it.
-local function window(key, need)
-  local raw_w = redis.call('HGETALL', key)
-  local expired, used, first = {}, 0, nil
-  for i = 1, #raw_w, 2 do
-    local sec = tonumber(raw_w[i])
-    if leaves(sec) <= now_ms then expired[#expired + 1] = raw_w[i]
-    else
-      used = used + tonumber(raw_w[i + 1])
-      if first == nil or sec < first then first = sec end
-    end
+-- Each window this call reads or charges, settled once: {live total, oldest live second or nil}.
+local settled = {}
+local function window(key)
+  local state = settled[key]
+  if state == nil then
+    state = {settle(key, now)}
+    settled[key] = state
   end
-  if #expired > 0 then redis.call('HDEL', key, unpack(expired)) end
-  local oldest = first ~= nil and (leaves(first) - now_ms) or 0
-  if need <= 0 then return used, 0, oldest end
-  -- Only a request over the limit asks when enough will have left, the one question that needs the
-  -- buckets in order: sorting 60 buckets on every call was most of this script's time.
+  return state[1], state[2]
+end
+
+-- The ms until enough buckets of a settled window have left it to free `need` units. Only a request
+-- over the limit asks, the one question that needs the buckets in order: reading and sorting up to
+-- 61 of them on every call was most of this script's time.
+local function wait_for(key, need)
+  local raw = redis.call('HGETALL', key)
   local live = {}
-  for i = 1, #raw_w, 2 do
-    local sec = tonumber(raw_w[i])
-    if leaves(sec) > now_ms then live[#live + 1] = {sec, tonumber(raw_w[i + 1])} end
+  for i = 1, #raw, 2 do
+    local sec = bucket(raw[i])
+    if sec ~= nil and leaves(sec) > now_ms then live[#live + 1] = {sec, tonumber(raw[i + 1])} end
   end
   table.sort(live, function(a, b) return a[1] < b[1] end)
-  local wait, freed = leaves(now) - now_ms, 0
-  for _, bucket in ipairs(live) do
-    freed = freed + bucket[2]
-    if freed >= need then wait = leaves(bucket[1]) - now_ms; break end
+  local freed = 0
+  for _, entry in ipairs(live) do
+    freed = freed + entry[2]
+    if freed >= need then return leaves(entry[1]) - now_ms end
   end
-  return used, wait, oldest
+  return leaves(now) - now_ms
 end
 
 local fail = nil
 local too_big = nil  -- a token limit this request exceeds by itself: no wait can ever admit it
 local seen = {}
+local team_day = {-1, -1}  -- the team's tokens_per_day limit and its use before this call (-1: no limit)
 
 for _, level in ipairs(levels(has_user)) do
   local name, first = level[1], level[2]
@@ -90,11 +88,10 @@ for _, level in ipairs(levels(has_user)) do
       local cost = kind == 'rpm' and 1 or tokens
       local used, wait, reset
       if kind == 'rpm' or kind == 'tpm' then
-        used, wait, reset = window(key, 0)
-        if used + cost > limit then
-          local _
-          _, wait, _ = window(key, used + cost - limit)
-        end
+        local oldest
+        used, oldest = window(key)
+        reset = oldest ~= nil and leaves(oldest) - now_ms or 0
+        wait = used + cost > limit and wait_for(key, used + cost - limit) or 0
       else
         local field, ends = day, day_end
         if kind == 'tokens_per_month' then field, ends = month, month_end end
@@ -105,24 +102,35 @@ for _, level in ipairs(levels(has_user)) do
       if used + cost > limit and (fail == nil or wait > fail[4]) then fail = {name, kind, limit, wait} end
       if kind ~= 'rpm' and cost > limit and too_big == nil then too_big = {name, kind, limit} end
       seen[#seen + 1] = {kind == 'rpm', limit, used, cost, reset, kind == 'rpm' or kind == 'tpm'}
+      if name == 'team' and kind == 'tokens_per_day' then team_day = {limit, used} end
     end
   end
 end
 
+-- A window without a limit is settled too before it is charged: its old buckets leave it (rather
+-- than pile up for as long as traffic lasts) and its total is exact when a limit is set.
+-- Only the charge that opens a bucket renews the hash's TTL: it then outlives its newest bucket
+-- (61 s) by 4 s or more, for one EXPIRE a second instead of one a request.
+local function charge_window(key, amount)
+  local _, oldest = window(key)
+  if add_bucket(key, now, amount, oldest) then redis.call('EXPIRE', key, WINDOW + 5) end
+end
+
+-- Only the charge that opens a day's (a month's) field sets the hash's expiry: every later charge
+-- of that period would set the very same time again.
+local function charge_period(key, field, expires_at)
+  if redis.call('HINCRBY', key, field, tokens) == tokens then redis.call('EXPIREAT', key, expires_at) end
+end
+
 local charged = fail == nil and commit
 if charged then
-  local stamp = tostring(now)
   for _, level in ipairs(levels(has_user)) do
     local first = level[2]
-    redis.call('HINCRBY', KEYS[first], stamp, 1)
-    redis.call('EXPIRE', KEYS[first], WINDOW + 5)
+    charge_window(KEYS[first], 1)
     if tokens > 0 then
-      redis.call('HINCRBY', KEYS[first + 1], stamp, tokens)
-      redis.call('EXPIRE', KEYS[first + 1], WINDOW + 5)
-      redis.call('HINCRBY', KEYS[first + 2], day, tokens)
-      redis.call('EXPIREAT', KEYS[first + 2], day_end + 86400)
-      redis.call('HINCRBY', KEYS[first + 3], month, tokens)
-      redis.call('EXPIREAT', KEYS[first + 3], month_end + 86400)
+      charge_window(KEYS[first + 1], tokens)
+      charge_period(KEYS[first + 2], day, day_end + 86400)
+      charge_period(KEYS[first + 3], month, month_end + 86400)
     end
   end
 end
@@ -140,9 +148,8 @@ for _, s in ipairs(seen) do
 end
 
 -- The team's day budget after this call, for the gauge an ops dashboard alerts on before it runs out.
-local team_day_limit = limit_of('team', 'tokens_per_day', 3) or -1
-local team_day_used = -1
-if team_day_limit >= 0 then team_day_used = tonumber(redis.call('HGET', KEYS[8], day) or '0') end
+local team_day_limit, team_day_used = team_day[1], team_day[2]
+if charged and team_day_limit >= 0 then team_day_used = team_day_used + tokens end
 
 local f = fail or {'', '', -1, -1}
 local t = too_big or {'', '', -1}

@@ -8,6 +8,7 @@ local tokens = tonumber(ARGV[2])
 local request = ARGV[4] == '1'
 local day, _, month = periods(sec)
 
+-- A day or month budget's field (a window's bucket goes through take_bucket, which keeps its bookkeeping).
 local function take(key, field, amount)
   if amount <= 0 then return end
   local have = tonumber(redis.call('HGET', key, field) or '0')
@@ -18,8 +19,8 @@ end
 
 for _, level in ipairs(levels(ARGV[3] == '1')) do
   local first = level[2]
-  if request then take(KEYS[first], tostring(sec), 1) end
-  take(KEYS[first + 1], tostring(sec), tokens)
+  if request then take_bucket(KEYS[first], sec, 1) end
+  if tokens > 0 then take_bucket(KEYS[first + 1], sec, tokens) end
   take(KEYS[first + 2], day, tokens)
   take(KEYS[first + 3], month, tokens)
 end

@@ -12,10 +12,10 @@ import pytest
 from proxy.accounts import TeamConfig
 from proxy.auth import Principal
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited
-from proxy.quota import Charge, Quotas, _script, format_reset
+from proxy.lua import counter_script
+from proxy.quota import Charge, Quotas, format_reset, quota_keys
 from proxy.settings import Limits, StoreSettings
-from proxy.store import Outages
-from tests.support.quota import TEAM, counters, key
+from tests.support.quota import BASE_MS, TEAM, Clock, clocked, counters, key
 from tests.support.services import Services, with_services
 
 
@@ -164,7 +164,7 @@ def test_the_lua_calendar_matches_python(store_settings: StoreSettings) -> None:
     stamps += random.Random(3).sample(range(0, 5_000_000_000), 300)
 
     async def body(s: Services) -> None:
-        script = s.store.client.register_script(_script("refund.lua").split("\nlocal sec")[0] + """
+        script = s.store.client.register_script(counter_script("refund.lua").split("\nlocal sec")[0] + """
             local out = {}
             for i, ts in ipairs(ARGV) do
               local d, de, m, me = periods(tonumber(ts))
@@ -181,25 +181,6 @@ def test_the_lua_calendar_matches_python(store_settings: StoreSettings) -> None:
                                           (3_723_000, "1h2m3s")])
 def test_reset_is_formatted_like_openai(ms: int, text: str) -> None:
     assert format_reset(ms) == text
-
-
-class Clock:
-    """A test clock for the scripts, in epoch milliseconds, that only moves when told."""
-
-    def __init__(self, start_ms: int) -> None:
-        self.ms = start_ms
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, on a second (and minute) boundary
-
-
-def clocked(s: Services) -> tuple[Quotas, Clock]:
-    """The services' quotas, but on a clock the test moves."""
-    clock = Clock(BASE_MS)
-    return Quotas(s.store, Outages(s.errors), s.ledger, clock=clock), clock
 
 
 async def admitted_at(quotas: Quotas, clock: Clock, principal: Principal, times_ms: list[int],
@@ -268,4 +249,18 @@ def test_a_request_larger_than_a_limit_is_refused_for_good_and_charges_nothing(s
             in too_big.value.message
         once = {"rq": 1, "tk": 5, "td": 5, "tm": 5}
         assert await counters(s, principal, "alice") == {"key": once, "team": once, "user": once}
+    run(store_settings, body)
+
+
+def test_counters_expire_once_what_they_count_is_over(store_settings: StoreSettings) -> None:
+    """Only the charge that opens a bucket (a day, a month) sets its hash's expiry: the first one must."""
+    async def body(s: Services) -> None:
+        principal = key(key_id="expiring")
+        rq, tk, day, month = quota_keys(s.store, TEAM, "expiring", None)[1:5]
+        for _ in range(3):  # the first opens them all; the next ones (likely in the same second) open none
+            await s.quotas.charge(principal, None, 5)
+            for window in (rq, tk):  # 65 s from its newest bucket's opening: past the bucket's 61 s
+                assert 0 < await s.store.client.ttl(window) <= 65
+            assert 0 < await s.store.client.ttl(day) <= 2 * 86400  # a day after the day ends
+            assert 86400 < await s.store.client.ttl(month) <= 32 * 86400
     run(store_settings, body)
