@@ -68,8 +68,9 @@ async def _create(gw: Gateway, request: EmbeddingRequest, cache_control: CacheCo
     space = cache_space(gw, route, counted, principal)
     looked_up: asyncio.Task[Lookup] | None = None
     if space is not None and cache_control.read and gw.quotas.charges(principal):
-        # The cache read and the quota charge are two round trips that need nothing of each other: overlap
-        # them. A refused request has read for nothing, which costs the store little.
+        # The cache read, the quota charge and a guessed key's read need nothing of each other: started in
+        # one turn of the loop, they leave as one pipeline (proxy/coalesce.py). A refused request has read
+        # for nothing, which costs the store little.
         looked_up = asyncio.get_running_loop().create_task(
             gw.cache.lookup(space, request.inputs, counted.tokens, cache_control))
     try:
