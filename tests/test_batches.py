@@ -229,7 +229,14 @@ def test_a_replica_killed_mid_batch_loses_nothing(fake_openai: FakeOpenAI, redis
                                                        "-", "+", 100)
         assert any(f"-{doomed.proc.pid}-" in entry["consumer"].decode() for entry in pending)  # it held work
         api = client(survivor.url, api.api_key)
-        done = wait_batch(api, batch.id, finished)
+        try:
+            done = wait_batch(api, batch.id, finished)
+        except AssertionError as stuck:  # say where the work stands: what the stream still holds, and whose
+            work = f"{config['store']['prefix']}:batchwork"
+            left = redis_server.client().xpending_range(work, "workers", "-", "+", 100)
+            raise AssertionError(f"{stuck}; stream length {redis_server.client().xlen(work)}, pending "
+                                 f"{[(e['consumer'], e['time_since_delivered']) for e in left]}; "
+                                 f"survivor log tail: {survivor.log()[-3000:]}") from None
         output = read_lines(api, done.output_file_id)
     assert done.status == "completed" and done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (400, 0)

@@ -43,7 +43,7 @@ def wait_batch(client: openai.OpenAI, batch_id: str, until: Callable[[Batch], bo
         seen.append(client.batches.retrieve(batch_id))
         return until(seen[-1])
 
-    wait_until(reached, timeout)
+    wait_until(reached, timeout, last=lambda: (seen[-1].status, seen[-1].request_counts) if seen else None)
     return seen[-1]
 
 

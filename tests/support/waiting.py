@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 60) -> None:
+def wait_until(check: Callable[[], bool], timeout: float = 60, last: Callable[[], object] | None = None) -> None:
+    """`last`: what to show if the condition never holds (the last state seen)."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "the condition never held"
+        assert time.monotonic() < deadline, f"the condition never held; last seen: {last() if last else '-'}"
         time.sleep(0.1)
