@@ -230,7 +230,8 @@ def test_a_replica_killed_mid_batch_loses_nothing(fake_openai: FakeOpenAI, redis
         assert any(f"-{doomed.proc.pid}-" in entry["consumer"].decode() for entry in pending)  # it held work
         api = client(survivor.url, api.api_key)
         try:
-            done = wait_batch(api, batch.id, finished)
+            # Past the dispatcher's 120 s deadline: a call the kill left hanging upstream ends by then.
+            done = wait_batch(api, batch.id, finished, timeout=150)
         except AssertionError as stuck:  # say where the work stands: what the stream still holds, and whose
             work = f"{config['store']['prefix']}:batchwork"
             left = redis_server.client().xpending_range(work, "workers", "-", "+", 100)
