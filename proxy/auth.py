@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -168,7 +168,7 @@ class Authenticator:
         self._store = store
         self._outages = outages
         self._ttl = settings.key_cache_ttl
-        self._recent: OrderedDict[str, tuple[float, KeyRecord, bytes]] = OrderedDict()
+        self._recent: OrderedDict[str, _Seen] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -198,10 +198,10 @@ class Authenticator:
         digest, known = self._without_store(token)
         if digest is None:
             return Caller(known)
-        remembered = self._recent.get(digest)
-        if remembered is None or remembered[1].is_expired(time.time()):
+        seen = self._recent.get(digest)
+        if seen is None or seen.record.is_expired(time.time()):
             return Caller(await self._verify(token, digest))
-        record = remembered[1]
+        record = seen.record
         return Caller(Principal.of(record, record.id), _ReadOnce(lambda: self._verify(token, digest)))
 
     def _without_store(self, token: str) -> tuple[str | None, Principal | None]:
@@ -229,23 +229,31 @@ class Authenticator:
             raw = await self._store.batched.call("GET", record_key(self._store, digest))
         except STORE_ERRORS as err:
             self._outages.failed("auth", err)
-            cached = self._recent.get(digest)
-            if cached is not None and time.monotonic() - cached[0] <= self._ttl:
-                return cached[1]
+            seen = self._recent.get(digest)
+            if seen is not None and time.monotonic() - seen.at <= self._ttl:
+                return seen.record
             raise ServiceUnavailable("The key store is unavailable and this key was not verified recently. "
                                      "Please retry shortly.") from err
         self._outages.succeeded()
         if raw is None:
             self._recent.pop(digest, None)
             return None
-        known = self._recent.get(digest)
+        seen = self._recent.get(digest)
         # The same bytes as last time are the same record: parsing them again was a share of every request.
-        record = known[1] if known is not None and known[2] == raw else KeyRecord.model_validate_json(raw)
-        self._recent[digest] = (time.monotonic(), record, raw)
+        record = seen.record if seen is not None and seen.raw == raw else KeyRecord.model_validate_json(raw)
+        self._recent[digest] = _Seen(time.monotonic(), record, raw)
         self._recent.move_to_end(digest)
         if len(self._recent) > RECENT_KEYS:
             self._recent.popitem(last=False)
         return record
+
+
+class _Seen(NamedTuple):
+    """A key as last read from the store: when (monotonic), the record, and the bytes it was parsed from."""
+
+    at: float
+    record: KeyRecord
+    raw: bytes
 
 
 class _ReadOnce:
