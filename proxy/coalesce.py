@@ -17,7 +17,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
 
@@ -58,7 +60,14 @@ class Coalescer:
                 pipe = client.pipeline(transaction=False)
                 for command, _ in queue:
                     pipe.execute_command(*command)
-                replies = await pipe.execute(raise_on_error=False)
+                try:
+                    replies = await pipe.execute(raise_on_error=False)
+                except (RedisConnectionError, RedisTimeoutError):
+                    # A pooled connection that died (Redis restarted, failed over): redis-py sends a single
+                    # command again on a fresh one, but not a pipeline. Each command goes again on its own,
+                    # as it would have had it not been batched.
+                    replies = list(await asyncio.gather(
+                        *(client.execute_command(*command) for command, _ in queue), return_exceptions=True))
         except BaseException as err:
             for _, future in queue:
                 if not future.done():
@@ -69,7 +78,7 @@ class Coalescer:
         for (_, future), reply in zip(queue, replies, strict=True):
             if future.done():  # its caller gave up (cancelled)
                 continue
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, Exception):  # an error reply, or a command that failed on its own
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
