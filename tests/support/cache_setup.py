@@ -62,7 +62,9 @@ class CountingConnection(aredis.Connection):
 
 @contextmanager
 def counted_round_trips(server: ThreadedServer, redis_url: str) -> Iterator[list[bytes]]:
-    """Swap the gateway's store client for one that records each round trip it makes."""
+    """Swap the gateway's store client for one that records each round trip it makes, once the writes of
+    earlier requests have landed (they run behind the answers)."""
+    settle_writes(server)
     store = server.app[GATEWAY].store  # type: ignore[index]
     original = store.client
     store.client = aredis.Redis.from_url(redis_url, connection_class=CountingConnection)
@@ -75,8 +77,10 @@ def counted_round_trips(server: ThreadedServer, redis_url: str) -> Iterator[list
 
 
 def settle_writes(server: ThreadedServer) -> None:
-    """Wait until the gateway's cache writes, which run behind the answers, have landed."""
-    server.call(server.app[GATEWAY].cache.settled)  # type: ignore[index]
+    """Wait until the gateway's cache and usage writes, which run behind the answers, have landed."""
+    gateway = server.app[GATEWAY]  # type: ignore[index]
+    server.call(gateway.cache.settled)
+    server.call(gateway.usage.settle)
 
 
 @contextmanager
