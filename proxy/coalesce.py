@@ -8,7 +8,8 @@ in one turn and sends it as one pipeline (not a transaction: nothing here needs 
 commands) at the end of that turn; each caller gets its own reply, or its own error.
 
 Only for one Redis (standalone, Sentinel, `memory://`): a cluster's commands go to their nodes as they
-come, since a pipeline there is split by slot anyway.
+come, since a pipeline there is split by slot anyway. Where the store is one plain Redis, the batches go
+out on the request path's own connection (proxy/wire.py) instead of through redis-py's pool.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Command = tuple[Any, ...]
+from proxy.wire import Command, Wire
 
 
 class Coalescer:
-    def __init__(self, client: Callable[[], Any], enabled: bool = True) -> None:
-        """`client`: the store's current client (a test may swap it)."""
+    def __init__(self, client: Callable[[], Any], wire: Callable[[], Wire | None] = lambda: None,
+                 enabled: bool = True) -> None:
+        """`client`: the store's current client (a test may swap it); `wire`: the request path's connection
+        to it, where it has one."""
         self._client = client
+        self._wire = wire
         self._enabled = enabled
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()  # held, so a pipeline under way is never collected
@@ -47,27 +51,16 @@ class Coalescer:
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(queue), name="embedgate-store-batch")
+        self._keep(self._send(queue))
+
+    def _keep(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work, name="embedgate-store-batch")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, queue: list[tuple[Command, asyncio.Future[Any]]]) -> None:
-        client = self._client()
         try:
-            if len(queue) == 1:  # alone in its turn: a plain command costs less than a pipeline of one
-                replies: list[Any] = [await _reply_or_error(client.execute_command(*queue[0][0]))]
-            else:
-                pipe = client.pipeline(transaction=False)
-                for command, _ in queue:
-                    pipe.execute_command(*command)
-                try:
-                    replies = await pipe.execute(raise_on_error=False)
-                except (RedisConnectionError, RedisTimeoutError):
-                    # A pooled connection that died (Redis restarted, failed over): redis-py sends a single
-                    # command again on a fresh one, but not a pipeline. Each command goes again on its own,
-                    # as it would have had it not been batched.
-                    replies = list(await asyncio.gather(
-                        *(client.execute_command(*command) for command, _ in queue), return_exceptions=True))
+            replies = await self._replies([command for command, _ in queue])
         except BaseException as err:
             for _, future in queue:
                 if not future.done():
@@ -82,6 +75,26 @@ class Coalescer:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _replies(self, commands: list[Command]) -> list[Any]:
+        """Each command's reply or error reply, in order; raises what failed them all."""
+        wire = self._wire()
+        if wire is not None:
+            return await wire.send(commands)
+        client = self._client()
+        if len(commands) == 1:  # alone in its turn: a plain command costs less than a pipeline of one
+            return [await _reply_or_error(client.execute_command(*commands[0]))]
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            return list(await pipe.execute(raise_on_error=False))
+        except (RedisConnectionError, RedisTimeoutError):
+            # A pooled connection that died (Redis restarted, failed over): redis-py sends a single command
+            # again on a fresh one, but not a pipeline. Each command goes again on its own, as it would have
+            # had it not been batched.
+            return list(await asyncio.gather(*(client.execute_command(*command) for command in commands),
+                                             return_exceptions=True))
 
 
 async def _reply_or_error(pending: Any) -> Any:

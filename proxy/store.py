@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from proxy.coalesce import Coalescer
 from proxy.settings import StoreSettings
+from proxy.wire import Command, Wire
 
 log = logging.getLogger("embedgate.store")
 
@@ -124,11 +125,32 @@ class Store:
         self.settings = settings
         self.client = client if client is not None else connect(settings)
         self.prefix = settings.prefix
+        self._wired: tuple[Any, tuple[Wire, Wire] | None] = (None, None)  # a client and its wires (see _wires)
         # The request path's reads and its quota call, sent together when they meet in one loop turn.
-        self.batched = Coalescer(lambda: self.client, enabled=not self.is_cluster)
+        self.batched = Coalescer(lambda: self.client, lambda: self.wire, enabled=not self.is_cluster)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    def _wires(self) -> tuple[Wire, Wire] | None:
+        """The store's own connections (proxy/wire.py), where it is one plain Redis: one for what requests
+        wait on, one for the writes behind the answers. Replies on a connection come in order, so a write
+        Redis holds (CLIENT PAUSE WRITE in a failover) would hold every read behind it on the same one. A
+        new client (a test swaps one in) gets new wires."""
+        client, wires = self._wired
+        if client is not self.client:
+            for wire in wires or ():
+                wire.close()
+            ahead = Wire.for_client(self.client)
+            wires = None if ahead is None else (ahead, Wire(ahead.address, ahead.callbacks))
+            self._wired = (self.client, wires)
+        return wires
+
+    @property
+    def wire(self) -> Wire | None:
+        """The connection for what requests wait on (the coalesced key reads, quota calls, cache reads)."""
+        wires = self._wires()
+        return wires[0] if wires else None
 
     @property
     def is_cluster(self) -> bool:
@@ -144,17 +166,26 @@ class Store:
         return list(await self.batched.call("MGET", *keys))
 
     async def set_many(self, items: Mapping[str, bytes], ttl: int) -> None:
-        """`SET key value EX ttl` for every item, in one pipeline (not a transaction)."""
-        if not items:
-            return
-        if len(items) == 1:  # the common one-input request: with the turn's other commands, if any
-            [(key, value)] = items.items()
-            await self.batched.call("SET", key, value, "EX", ttl)
-            return
-        pipe = self.pipeline(transaction=False)
-        for key, value in items.items():
-            pipe.set(key, value, ex=ttl)
-        await pipe.execute()
+        """`SET key value EX ttl` for every item, in one round trip (not a transaction), behind the answer."""
+        if items:
+            await self.send_behind([("SET", key, value, "EX", ttl) for key, value in items.items()], transaction=False)
+
+    async def send_behind(self, commands: Sequence[Command], transaction: bool = True) -> list[Any]:
+        """Writes that run behind the answers (the cache's, usage), in one round trip, and their replies: on one
+        Redis in MULTI ... EXEC unless told otherwise; on a cluster a plain batch split by slot (see
+        `pipeline`). The first error reply raises."""
+        wires = self._wires()
+        if wires is not None:
+            behind = wires[1]
+            replies = await (behind.transaction(commands) if transaction else behind.send(commands))
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        pipe = self.pipeline(transaction=transaction)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
 
     def team_key(self, team: str, *parts: str) -> str:
         """A key in the team's hash-tag slot: every key one quota script touches is one of these."""
@@ -182,6 +213,8 @@ class Store:
             return False
 
     async def aclose(self) -> None:
+        for wire in self._wired[1] or ():
+            wire.close()
         try:
             await self.client.aclose()
         except STORE_ERRORS:  # closing a dead connection is not worth a traceback

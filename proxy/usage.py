@@ -27,6 +27,7 @@ from proxy.errors import InvalidRequest
 from proxy.ledger import Ledger
 from proxy.schema import UsageCounts, UsageDay, UsageFilters, UsageReport
 from proxy.store import STORE_ERRORS, Outages, Store
+from proxy.wire import Command
 
 COUNTERS = ("requests", "tokens", "cache_hits")
 USAGE_DAYS = 400
@@ -111,14 +112,13 @@ class Usage:
         """Write what is pending, one MULTI per round, until nothing is."""
         while self._pending:
             pending, self._pending = self._pending, {}
-            pipe = self._store.pipeline()
+            commands: list[Command] = []
             for (_, key), fields in pending.items():
-                for field, amount in fields.items():
-                    pipe.hincrby(key, field, amount)
-                pipe.expire(key, USAGE_DAYS * 86400)
-            pipe.sadd(self._store.key("teams"), *{team for team, _ in pending})
+                commands += [("HINCRBY", key, field, amount) for field, amount in fields.items()]
+                commands.append(("EXPIRE", key, USAGE_DAYS * 86400))
+            commands.append(("SADD", self._store.key("teams"), *{team for team, _ in pending}))
             try:
-                await pipe.execute()
+                await self._store.send_behind(commands)
             except STORE_ERRORS as err:
                 self._outages.failed("usage", err)
                 # Kept in process and written when the store returns (proxy/ledger.py). The MULTI runs

@@ -159,7 +159,7 @@ def test_a_known_keys_read_its_quota_charge_and_its_cache_read_are_one_round_tri
     try:
         key = create_key(server.url, limits={"rpm": 100})["key"]
         assert embed(server.url, key, input="first").status_code == 200  # now remembered here
-        with counted_round_trips(server, redis_server.url) as sends:
+        with counted_round_trips(server, redis_server) as sends:
             assert embed(server.url, key, input="second").status_code == 200
             first = sends[0]
         # The key's record, quota.lua and the cache's MGET left together, in the request's first send.

@@ -149,7 +149,7 @@ def test_one_read_and_one_write_per_request(fake_openai: FakeOpenAI, redis_serve
     server = start_gateway(cache_settings(fake_openai, redis_server.url))
     try:
         inputs = [f"round trip {i}" for i in range(20)]
-        with counted_round_trips(server, redis_server.url) as sends:
+        with counted_round_trips(server, redis_server) as sends:
             assert embed_ok(server.url, inputs).cache == "miss"
             settle_writes(server)  # the write runs behind the answer
             assert len(sends) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import redis.asyncio as aredis
 
@@ -15,6 +15,7 @@ from testkit.openai_upstream import FakeOpenAI
 from testkit.redis_server import RedisServer
 from testkit.servers import ThreadedServer
 from tests.conftest import upstream_config
+from tests.support.relay import CountingRelay
 
 
 def cache_config(fake: FakeOpenAI, store_url: str = "memory://", **extra: Any) -> dict[str, Any]:
@@ -39,41 +40,22 @@ def cache_settings(fake: FakeOpenAI, store_url: str = "memory://", **extra: Any)
     return parse_settings(cache_config(fake, store_url, **extra))
 
 
-class CountingConnection(aredis.Connection):
-    """Counts round trips: every command or pipeline leaves in one `send_packed_command`."""
-
-    sends: ClassVar[list[bytes]] = []
-    _handshake = False
-
-    async def on_connect_check_health(self, check_health: bool = True) -> None:
-        self._handshake = True  # HELLO, CLIENT SETINFO...: the connection's, not the cache's
-        try:
-            await super().on_connect_check_health(check_health)
-        finally:
-            self._handshake = False
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        chunks = [command] if isinstance(command, bytes | str) else list(command)
-        packed = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-        if not self._handshake and b"\r\nPING\r\n" not in packed[:32]:  # nor are health checks
-            CountingConnection.sends.append(packed)
-        await super().send_packed_command(command, check_health)
-
-
 @contextmanager
-def counted_round_trips(server: ThreadedServer, redis_url: str) -> Iterator[list[bytes]]:
-    """Swap the gateway's store client for one that records each round trip it makes, once the writes of
-    earlier requests have landed (they run behind the answers)."""
+def counted_round_trips(server: ThreadedServer, redis: RedisServer) -> Iterator[list[bytes]]:
+    """Swap the gateway's store client for one that reaches `redis` through a relay that records each round
+    trip (tests/support/relay.py), once the writes of earlier requests have landed (they run behind the
+    answers). The client is a plain one, so the gateway's own connections (proxy/wire.py) carry its commands."""
     settle_writes(server)
     store = server.app[GATEWAY].store  # type: ignore[index]
+    relay = CountingRelay(redis.port).start()
     original = store.client
-    store.client = aredis.Redis.from_url(redis_url, connection_class=CountingConnection)
-    CountingConnection.sends.clear()
+    store.client = aredis.Redis.from_url(relay.url)
     try:
-        yield CountingConnection.sends
+        yield relay.sends
     finally:
         counting, store.client = store.client, original
         server.call(counting.aclose)
+        relay.stop()
 
 
 def settle_writes(server: ThreadedServer) -> None:
