@@ -32,7 +32,7 @@ class CountingRelay:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="counting-relay", daemon=True)
         self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # each connection's handler and its two pipes
 
     def start(self) -> CountingRelay:
         self._thread.start()
@@ -43,16 +43,20 @@ class CountingRelay:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         upstream = asyncio.ensure_future(self._pipe(client_reader, server_writer, record=True))
         downstream = asyncio.ensure_future(self._pipe(server_reader, client_writer, record=False))
-        self._pipes |= {upstream, downstream}
-        await asyncio.wait([upstream, downstream], return_when=asyncio.FIRST_COMPLETED)
-        for task in (upstream, downstream):
-            task.cancel()
-            self._pipes.discard(task)
-        for writer in (client_writer, server_writer):
-            writer.close()
+        self._tasks |= {handler, upstream, downstream}
+        try:
+            await asyncio.wait([upstream, downstream], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (upstream, downstream):
+                task.cancel()
+            for writer in (client_writer, server_writer):
+                writer.close()
+            self._tasks -= {handler, upstream, downstream}
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool) -> None:
         while chunk := await reader.read(1 << 20):
@@ -65,8 +69,10 @@ class CountingRelay:
         async def close() -> Any:
             assert self._server is not None
             self._server.close()
-            for task in list(self._pipes):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
