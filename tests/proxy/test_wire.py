@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -167,3 +168,31 @@ def test_only_a_plain_redis_gets_a_wire(redis_server: RedisServer, tmp_path: Pat
         assert Wire.for_client(other) is None, other
     assert Store(StoreSettings(url=redis_server.url)).wire is not None
     assert Store(StoreSettings(url="memory://")).wire is None
+
+
+class CountedWrites:
+    """Stands in front of the wire's real transport and counts its writes (a relay cannot: a reader on
+    loopback sees two quick writes as one chunk)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def test_the_batches_of_one_loop_turn_leave_in_one_write(redis_server: RedisServer) -> None:
+    async def body(wire: Wire) -> None:
+        key = fresh()
+        await wire.send([("GET", key)])  # connected
+        counted = wire._resp._transport = CountedWrites(wire._resp._transport)  # type: ignore[union-attr]
+        first, second = await asyncio.gather(wire.send([("SET", key, "1")]), wire.send([("GET", key), ("GET", key)]))
+        assert (first, second) == ([True], [b"1", b"1"])
+        assert await wire.send([("GET", key)]) == [b"1"]  # a later turn: a write of its own
+        assert [sent.count(b"\r\nSET\r\n") + sent.count(b"\r\nGET\r\n") for sent in counted.writes] == [3, 1]
+    on(redis_server.url, body)
