@@ -155,6 +155,7 @@ class Wire:
         self._known: dict[str, Callable[[Any], Any] | None] = {}  # the callbacks looked up so far
         self._resp: _Resp | None = None
         self._connecting: asyncio.Future[_Resp] | None = None
+        self._closed = False
 
     @classmethod
     def for_client(cls, client: Any) -> Wire | None:
@@ -195,6 +196,8 @@ class Wire:
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
         resp = self._resp
         if resp is None or not resp.open:
+            if self._closed:  # the store shut down: a late write must not open a connection nobody closes
+                raise RedisConnectionError("the store's connection is closed")
             resp = await self._connect()
         return await resp.send(commands)
 
@@ -238,10 +241,14 @@ class Wire:
             if isinstance(err, OSError | asyncio.TimeoutError):
                 raise RedisConnectionError(f"Error connecting to {address.describe()}: {err}") from err
             raise
+        if self._closed:  # closed while this connect was under way
+            resp.close(RedisConnectionError("the store's connection is closed"))
+            raise RedisConnectionError("the store's connection is closed")
         self._resp = resp
         return resp
 
     def close(self) -> None:
+        self._closed = True
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close(RedisConnectionError("connection closed"))

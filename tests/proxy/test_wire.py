@@ -196,3 +196,25 @@ def test_the_batches_of_one_loop_turn_leave_in_one_write(redis_server: RedisServ
         assert await wire.send([("GET", key)]) == [b"1"]  # a later turn: a write of its own
         assert [sent.count(b"\r\nSET\r\n") + sent.count(b"\r\nGET\r\n") for sent in counted.writes] == [3, 1]
     on(redis_server.url, body)
+
+
+def test_a_closed_wire_opens_no_connection_again(redis_server: RedisServer) -> None:
+    """The store closes its wires at shutdown; a write still on its way then fails rather than leaving a
+    connection nobody closes."""
+    admin = redis_server.client()
+
+    def named() -> bool:
+        return any(c["name"] == "closing-wire" for c in admin.client_list())
+
+    async def body(wire: Wire) -> None:
+        await wire.send([("CLIENT", "SETNAME", "closing-wire")])
+        assert named()
+        wire.close()
+        with pytest.raises(RedisConnectionError, match="closed"):
+            await wire.send([("GET", fresh())])
+        await asyncio.sleep(0.05)
+        assert not named()
+    try:
+        on(redis_server.url, body)
+    finally:
+        admin.close()
