@@ -177,6 +177,8 @@ class Wire:
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         """Each command's reply, in order; an error reply is returned as its exception, not raised. A lost
         connection or a late reply raises (redis-py's ConnectionError / TimeoutError)."""
+        if not commands:  # no reply would ever come for it
+            return []
         try:
             replies = await self._send(commands)
         except ConnectionLost:

@@ -47,6 +47,7 @@ def test_each_batch_gets_its_own_replies_in_order_as_redis_py_reads_them(redis_s
         keys = [fresh() for _ in range(50)]
         sets = await asyncio.gather(*(wire.send([("SET", key, f"v{i}")]) for i, key in enumerate(keys)))
         assert sets == [[True]] * 50  # redis-py's callback for SET: True, not b"OK"
+        assert await wire.send([]) == []  # nothing to wait for
         gets = await asyncio.gather(*(wire.send([("GET", key), ("STRLEN", key), ("GET", "missing")])
                                       for key in keys))
         assert gets == [[f"v{i}".encode(), len(f"v{i}"), None] for i in range(50)]
