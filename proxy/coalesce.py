@@ -51,10 +51,7 @@ class Coalescer:
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
-        self._keep(self._send(queue))
-
-    def _keep(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work, name="embedgate-store-batch")
+        task = asyncio.get_running_loop().create_task(self._send(queue), name="embedgate-store-batch")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 

@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Command = tuple[Any, ...]
 
 _MORE = object()  # hiredis: no whole reply buffered yet
+_CLOSED = "the store's connection is closed"
 
 
 class ConnectionLost(RedisConnectionError):
@@ -199,7 +200,7 @@ class Wire:
         resp = self._resp
         if resp is None or not resp.open:
             if self._closed:  # the store shut down: a late write must not open a connection nobody closes
-                raise RedisConnectionError("the store's connection is closed")
+                raise RedisConnectionError(_CLOSED)
             resp = await self._connect()
         return await resp.send(commands)
 
@@ -244,8 +245,8 @@ class Wire:
                 raise RedisConnectionError(f"Error connecting to {address.describe()}: {err}") from err
             raise
         if self._closed:  # closed while this connect was under way
-            resp.close(RedisConnectionError("the store's connection is closed"))
-            raise RedisConnectionError("the store's connection is closed")
+            resp.close(RedisConnectionError(_CLOSED))
+            raise RedisConnectionError(_CLOSED)
         self._resp = resp
         return resp
 
@@ -253,4 +254,4 @@ class Wire:
         self._closed = True
         resp, self._resp = self._resp, None
         if resp is not None:
-            resp.close(RedisConnectionError("connection closed"))
+            resp.close(RedisConnectionError(_CLOSED))
