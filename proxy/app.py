@@ -89,9 +89,9 @@ async def observed(request: web.Request, handler: Handler) -> web.StreamResponse
         finally:  # CancelledError too: the client hung up, logged as 499
             exchange.ended = time.perf_counter()
             if traced:  # the span's attributes must be set before it ends
-                exchange.finish(gw.metrics, span, traced)
+                exchange.finish(gw.metrics, gw.access, span, traced)
             else:  # after the answer is written: metrics and the log line are not the client's wait
-                asyncio.get_running_loop().call_soon(exchange.finish, gw.metrics, span, traced)
+                asyncio.get_running_loop().call_soon(exchange.finish, gw.metrics, gw.access, span, traced)
     response.headers[REQUEST_ID] = exchange.request_id
     return response
 

@@ -16,7 +16,7 @@ from proxy.dispatch import Dispatcher
 from proxy.files import Files
 from proxy.ledger import Ledger
 from proxy.metrics import Metrics
-from proxy.observe import LocalQueueWatch
+from proxy.observe import AccessLog, LocalQueueWatch
 from proxy.quota import Quotas
 from proxy.routing import Router
 from proxy.settings import Settings
@@ -36,6 +36,7 @@ class Gateway:
         self.metrics = Metrics([s.entry.name for s in self.router.services],
                                [(d.name, d.options.provider) for d in self.router.deployments])
         self.tracing = tracing or build_tracing(settings.tracing)
+        self.access = AccessLog()
         self.dispatcher = Dispatcher(settings.dispatch, self.metrics.observe_call, self.tracing)
         self.outages = Outages(self.metrics.store_errors)
         self.auth = Authenticator(settings.auth, self.store, self.outages)
@@ -95,3 +96,4 @@ class Gateway:
         if self.cache_store is not self.store:
             await self.cache_store.aclose()
         await asyncio.to_thread(self.tracing.shutdown)  # flushes spans still buffered
+        self.access.flush()  # the last requests' lines (every request has finished by now)

@@ -3,11 +3,13 @@
 `Exchange` as they learn the model, the team and what was served.
 
 The log line holds bounded, non-secret values only: never a key, an Authorization header or an input text;
-the model and team are the metrics' labels. It costs nothing when its level is off.
+the model and team are the metrics' labels. It costs nothing when its level is off, and little when it is on:
+lines are made and written in batches (`AccessLog`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -27,6 +29,7 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 MAX_LOGGED_PATH = 200
 CLIENT_GONE = 499  # nginx's status for a client that hung up before the answer
+ACCESS_BATCH_SECONDS = 0.05  # how long a request's line may wait for the others of its batch
 
 
 def request_id(sent: str | None) -> str:
@@ -61,7 +64,7 @@ class Exchange:
         return cls(request_id(request.headers.get(REQUEST_ID)), request.method, path, time.perf_counter(),
                    path in QUIET_PATHS)
 
-    def finish(self, metrics: Metrics, span: Span, traced: bool) -> None:
+    def finish(self, metrics: Metrics, access: AccessLog, span: Span, traced: bool) -> None:
         seconds = (self.ended or time.perf_counter()) - self.started
         if self.model is not None:
             metrics.request_done(self.model, self.team or NO_TEAM, self.status, seconds, self.upstream_seconds,
@@ -70,9 +73,7 @@ class Exchange:
             self._describe(span)
         level = logging.DEBUG if self.quiet else logging.INFO
         if ACCESS.isEnabledFor(level):
-            # Straight to the handlers: Logger.log would walk the stack for a caller nobody reads.
-            ACCESS.handle(ACCESS.makeRecord(ACCESS.name, level, __file__, 0, "request", (), None,
-                                            extra={"fields": self._fields(seconds)}))
+            access.add(self, level, seconds)
 
     def _fields(self, seconds: float) -> dict[str, object]:
         fields: dict[str, object] = {
@@ -107,6 +108,38 @@ class Exchange:
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)
+
+
+class AccessLog:
+    """The per-request lines, made and handed to logging in batches: a request leaves its finished `Exchange`
+    here, and at most `ACCESS_BATCH_SECONDS` later the lines of every request since are made, each with the
+    time its request ended, and go out in one write (proxy/logs.py). Made one at a time, on each request's
+    own turn of the loop, a line cost about as much CPU as the rest of what the gateway adds to an open
+    request on top of aiohttp (bench: 30 to 45 µs per request at 32 clients, 80 to 100 µs one at a time,
+    where each line was also a system call of its own). `flush` writes what waits: at shutdown, and by the
+    timer. A line is lost only with a process killed outright, as with any buffered log."""
+
+    def __init__(self, batch_seconds: float | None = None) -> None:
+        self._batch_seconds = ACCESS_BATCH_SECONDS if batch_seconds is None else batch_seconds
+        self._pending: list[tuple[Exchange, int, float, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: Exchange, level: int, seconds: float) -> None:
+        self._pending.append((exchange, level, seconds, time.time()))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._batch_seconds, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        for exchange, level, seconds, ended in pending:
+            # Straight to the handlers: Logger.log would walk the stack for a caller nobody reads.
+            record = ACCESS.makeRecord(ACCESS.name, level, __file__, 0, "request", (), None,
+                                       extra={"fields": exchange._fields(seconds)})
+            record.created, record.msecs = ended, ended % 1 * 1000  # when the request ended, not the batch
+            ACCESS.handle(record)
 
 
 class LocalQueueWatch:

@@ -1,0 +1,99 @@
+"""proxy/observe.py `AccessLog`: request lines made in batches, each with its own request's time, none lost at
+shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import proxy.observe
+from proxy.metrics import Metrics
+from proxy.observe import ACCESS, AccessLog, Exchange
+from proxy.tracing import NO_SPAN
+from testkit.openai_upstream import FakeOpenAI
+from tests.conftest import running_gateway, upstream_config
+from tests.support.http import embed_ok
+
+BATCH = 0.05
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept() -> Iterator[Kept]:
+    handler, level = Kept(), ACCESS.level
+    ACCESS.addHandler(handler)
+    ACCESS.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        ACCESS.removeHandler(handler)
+        ACCESS.setLevel(level)
+
+
+def finished(access: AccessLog, request_id: str) -> float:
+    """One request's exchange finished now; returns the wall-clock time it ended."""
+    exchange = Exchange(request_id, "POST", "/v1/embeddings", time.perf_counter(), status=200, model="m", team="t",
+                        tokens=3, inputs=1, cache="miss", deployment="d")
+    exchange.ended = time.perf_counter()
+    ended = time.time()
+    exchange.finish(Metrics(["m"]), access, NO_SPAN, False)
+    return ended
+
+
+def test_lines_wait_for_their_batch_then_come_together_with_their_own_times(kept: Kept) -> None:
+    async def serve() -> tuple[list[float], int, int]:
+        access = AccessLog(BATCH)
+        ends = []
+        for n in range(3):
+            ends.append(finished(access, f"rid-{n}"))
+            await asyncio.sleep(0.01)
+        before_batch = len(kept.records)
+        await asyncio.sleep(BATCH * 2)
+        after_batch = len(kept.records)
+        ends.append(finished(access, "rid-3"))  # a new batch, on a timer of its own
+        await asyncio.sleep(BATCH * 2)
+        return ends, before_batch, after_batch
+
+    ends, before_batch, after_batch = asyncio.run(serve())
+    assert (before_batch, after_batch) == (0, 3)
+    assert [r.fields["request_id"] for r in kept.records] == ["rid-0", "rid-1", "rid-2", "rid-3"]  # type: ignore[attr-defined]
+    assert kept.records[0].fields["status"] == 200 and kept.records[0].fields["cache"] == "miss"  # type: ignore[attr-defined]
+    for record, ended in zip(kept.records, ends, strict=True):
+        # The time a request ended, not the batch's: the three of one batch are 10 ms apart, as their requests.
+        assert record.created == pytest.approx(ended, abs=0.005)
+        assert record.msecs == pytest.approx(ended % 1 * 1000, abs=5)
+
+
+def test_flush_writes_what_waits_once(kept: Kept) -> None:
+    async def serve() -> tuple[int, int]:
+        access = AccessLog(BATCH)
+        finished(access, "a")
+        finished(access, "b")
+        access.flush()
+        flushed = len(kept.records)
+        await asyncio.sleep(BATCH * 2)  # the batch's timer was cancelled: nothing comes twice
+        return flushed, len(kept.records)
+
+    assert asyncio.run(serve()) == (2, 2)
+
+
+def test_a_gateway_shutting_down_writes_the_lines_still_waiting(
+        fake_openai: FakeOpenAI, kept: Kept, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proxy.observe, "ACCESS_BATCH_SECONDS", 3600.0)  # no batch comes due while it runs
+    with running_gateway(upstream_config(fake_openai)) as gateway:
+        embed_ok(gateway.url, ["shut"], headers={"x-request-id": "rid-last"})
+        waiting = [r for r in kept.records if r.name == ACCESS.name]
+    assert waiting == []
+    assert [r.fields["request_id"] for r in kept.records] == ["rid-last"]  # type: ignore[attr-defined]
