@@ -369,9 +369,10 @@ class EmbeddingCache:
         if own:
             mine = self._flights.launch(list(own), self._fly(own, fetch), self._writer(space, write))
             waits[mine] = list(own)
-        results = await asyncio.gather(*(
-            self._join(space, flight, {k: misses[k] for k in keys}, fetch, write, owner=flight is mine)
-            for flight, keys in waits.items()))
+        joins = [self._join(space, flight, {k: misses[k] for k in keys}, fetch, write, owner=flight is mine)
+                 for flight, keys in waits.items()]
+        # One flight (the usual case) is awaited as it is: gathering it would cost a task for nothing.
+        results = [await joins[0]] if len(joins) == 1 else await asyncio.gather(*joins)
         merged = {key: entry for result in results for key, entry in result.entries.items()}
         used = dict.fromkeys(name for result in results for name in result.deployments)
         return _Landed({key: merged[key] for key in misses}, tuple(used), max(r.seconds for r in results))

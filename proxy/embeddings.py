@@ -100,15 +100,19 @@ async def _charge(gw: Gateway, caller: Caller, user: str | None, tokens: int) ->
     cost one round trip; a charge the key proves not to deserve is given back whole, the request included."""
     if caller.confirm is None:
         return await gw.quotas.charge(caller.principal, user, tokens)
-    caller.confirm()  # the key's read starts first, so it leaves in the charge's pipeline (proxy/coalesce.py)
-    charged, confirmation = await asyncio.gather(gw.quotas.charge(caller.principal, user, tokens),
-                                                 confirmed(caller), return_exceptions=True)
-    if isinstance(confirmation, BaseException):
-        if isinstance(charged, Charge):
-            await gw.quotas.refund(charged, request=True)
-        raise confirmation
-    if isinstance(charged, BaseException):
-        raise charged
+    # The key's read starts first (a task of its own): it leaves in the charge's pipeline (proxy/coalesce.py),
+    # whose send is scheduled after it. The two are awaited in turn, not gathered: no task is made for them.
+    caller.confirm()
+    try:
+        charged = await gw.quotas.charge(caller.principal, user, tokens)
+    except Exception:
+        await confirmed(caller)  # a revoked or changed key answers before the charge's refusal
+        raise
+    try:
+        await confirmed(caller)
+    except BaseException:
+        await gw.quotas.refund(charged, request=True)
+        raise
     return charged
 
 

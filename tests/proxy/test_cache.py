@@ -251,6 +251,7 @@ async def test_entries_over_max_entry_bytes_are_not_stored(cache: EmbeddingCache
     for _ in range(2):
         served = await cache.embed(small, ["big"], [1], backend)
         assert served.status == "miss"
+        await cache.settled()  # the write behind it, which stores nothing (until then its flight answers)
     assert len(backend.calls) == 2
 
 

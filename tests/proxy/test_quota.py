@@ -6,12 +6,16 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from proxy.accounts import TeamConfig
-from proxy.auth import Principal
+from proxy.auth import Caller, Principal
+from proxy.embeddings import _charge
 from proxy.errors import GatewayError, InvalidRequest, QuotaExceeded, RateLimited
+from proxy.gateway import Gateway
 from proxy.lua import counter_script
 from proxy.quota import Charge, Quotas, format_reset, quota_keys
 from proxy.settings import Limits, StoreSettings
@@ -263,4 +267,25 @@ def test_counters_expire_once_what_they_count_is_over(store_settings: StoreSetti
                 assert 0 < await s.store.client.ttl(window) <= 65
             assert 0 < await s.store.client.ttl(day) <= 2 * 86400  # a day after the day ends
             assert 86400 < await s.store.client.ttl(month) <= 32 * 86400
+    run(store_settings, body)
+
+
+def test_a_request_cancelled_while_its_guessed_key_is_confirmed_gives_its_charge_back(
+        store_settings: StoreSettings) -> None:
+    """A client that hangs up after the charge, while the store still confirms the key it was charged as."""
+    async def body(s: Services) -> None:
+        principal = key(rpm=10)
+        never: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()  # the key's read hangs
+        gateway = cast(Gateway, SimpleNamespace(quotas=s.quotas))
+        request = asyncio.create_task(_charge(gateway, Caller(principal, lambda: never), "alice", 7))
+        for _ in range(500):  # until the charge has landed
+            if (await counters(s, principal, "alice"))["key"]["rq"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert not request.done()  # waiting on the key's read
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        zero = {"rq": 0, "tk": 0, "td": 0, "tm": 0}
+        assert await counters(s, principal, "alice") == {"key": zero, "team": zero, "user": zero}
     run(store_settings, body)
