@@ -86,6 +86,7 @@ class Gateway:
             self._start_task.cancel()
         if self._ledger_task is not None:
             self._ledger_task.cancel()
+        await self.quotas.settle()  # cancelled requests' refunds, before the ledger's last flush
         await self.usage.settle()  # what it could not write goes to the ledger, flushed or spilled below
         if self.ledger.pending and not await self.ledger.flush():
             self.ledger.spill()

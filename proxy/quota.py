@@ -10,6 +10,7 @@ driving one below zero.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -181,6 +182,7 @@ class Quotas:
         self._budget = budget
         self._deny_on_error = store.settings.on_error == "deny"
         self._memo: dict[tuple[Principal, str | None], tuple[list[str], list[int]]] = {}
+        self._behind: set[asyncio.Future[Any]] = set()  # cancelled requests' charges and their refunds, under way
         self._charge = store.client.register_script(counter_script("quota.lua"))
         self._refund = store.client.register_script(counter_script("refund.lua"))
 
@@ -191,8 +193,32 @@ class Quotas:
         return principal is not None and principal.team is not None
 
     async def charge(self, principal: Principal | None, user: str | None, tokens: int) -> Charge:
-        """Check and charge every level at once; raise 429 (nothing charged) when one is over."""
-        return await self._run(principal, user, tokens, commit=True)
+        """Check and charge every level at once; raise 429 (nothing charged) when one is over.
+
+        The charge runs as a task of its own: a caller cancelled while it is under way (its client hung up)
+        cannot tell whether Redis applied it, so it goes on to its end and, if it landed, its tokens are given
+        back (the request still counts, as a request that failed after its charge does)."""
+        if not self.charges(principal):
+            return NOTHING
+        charging = asyncio.ensure_future(self._run(principal, user, tokens, commit=True))
+        try:
+            return await asyncio.shield(charging)
+        except asyncio.CancelledError:
+            self._behind.add(charging)
+            charging.add_done_callback(self._charged_for_nobody)
+            raise
+
+    def _charged_for_nobody(self, charging: asyncio.Future[Charge]) -> None:
+        if not charging.cancelled() and charging.exception() is None:  # refused or failed: nothing to give back
+            refund = asyncio.ensure_future(self.refund(charging.result()))
+            self._behind.add(refund)  # before the charge leaves the set, so `settle` never sees it empty between
+            refund.add_done_callback(self._behind.discard)
+        self._behind.discard(charging)
+
+    async def settle(self) -> None:
+        """Return once the charges of cancelled requests have landed and been given back (for shutdown)."""
+        while self._behind:
+            await asyncio.wait(set(self._behind))
 
     async def headers(self, principal: Principal | None, user: str | None) -> dict[str, str]:
         """The rate-limit headers for a response that charged nothing (an error before the charge).

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
+import redis
 
 from proxy.accounts import TeamConfig
 from proxy.auth import Caller, Principal
@@ -19,6 +21,7 @@ from proxy.gateway import Gateway
 from proxy.lua import counter_script
 from proxy.quota import Charge, Quotas, format_reset, quota_keys
 from proxy.settings import Limits, StoreSettings
+from testkit.redis_server import RedisServer
 from tests.support.quota import BASE_MS, TEAM, Clock, clocked, counters, key
 from tests.support.services import Services, with_services
 
@@ -289,3 +292,30 @@ def test_a_request_cancelled_while_its_guessed_key_is_confirmed_gives_its_charge
         zero = {"rq": 0, "tk": 0, "td": 0, "tm": 0}
         assert await counters(s, principal, "alice") == {"key": zero, "team": zero, "user": zero}
     run(store_settings, body)
+
+
+def test_a_request_cancelled_while_its_charge_is_under_way_gets_its_tokens_back(redis_server: RedisServer) -> None:
+    """The client hangs up while quota.lua waits in Redis (held by CLIENT PAUSE): the charge still lands, and
+    its tokens are given back once it has; the request counts, as any request that failed after its charge."""
+    settings = StoreSettings(url=redis_server.url, prefix=f"t{secrets.token_hex(4)}")
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def body(s: Services) -> None:
+        principal = key(rpm=10, tpm=100)
+        await s.quotas.charge(principal, "alice", 1)  # quota.lua loaded, so the next charge is one EVALSHA
+        admin.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        try:
+            request = asyncio.create_task(s.quotas.charge(principal, "alice", 7))
+            await asyncio.sleep(0.1)  # sent, and held by Redis
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        await s.quotas.settle()
+        after = {"rq": 2, "tk": 1, "td": 1, "tm": 1}
+        assert await counters(s, principal, "alice") == {"key": after, "team": after, "user": after}
+    try:
+        run(settings, body)
+    finally:
+        admin.close()
