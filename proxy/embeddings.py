@@ -100,8 +100,8 @@ async def _charge(gw: Gateway, caller: Caller, user: str | None, tokens: int) ->
     cost one round trip; a charge the key proves not to deserve is given back whole, the request included."""
     if caller.confirm is None:
         return await gw.quotas.charge(caller.principal, user, tokens)
-    # The key's read starts first (a task of its own): it leaves in the charge's pipeline (proxy/coalesce.py),
-    # whose send is scheduled after it. The two are awaited in turn, not gathered: no task is made for them.
+    # The key's read starts first (a task of its own), then the charge (its own too, see Quotas.charge): both
+    # leave in one pipeline (proxy/coalesce.py). They are awaited in turn, not gathered: no more tasks for them.
     caller.confirm()
     try:
         charged = await gw.quotas.charge(caller.principal, user, tokens)

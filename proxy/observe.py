@@ -114,10 +114,10 @@ class AccessLog:
     """The per-request lines, made and handed to logging in batches: a request leaves its finished `Exchange`
     here, and at most `ACCESS_BATCH_SECONDS` later the lines of every request since are made, each with the
     time its request ended, and go out in one write (proxy/logs.py). Made one at a time, on each request's
-    own turn of the loop, a line cost about as much CPU as the rest of what the gateway adds to an open
-    request on top of aiohttp (bench: 30 to 45 µs per request at 32 clients, 80 to 100 µs one at a time,
-    where each line was also a system call of its own). `flush` writes what waits: at shutdown, and by the
-    timer. A line is lost only with a process killed outright, as with any buffered log."""
+    own turn of the loop, a line was the largest single step the gateway added to an open request on top of
+    aiohttp (bench: 30 to 45 µs of CPU per request at 32 clients, 80 to 100 µs one at a time, where each line
+    was also a system call of its own). `flush` writes what waits: at shutdown, and by the timer. A line is
+    lost only with a process killed outright, as with any buffered log."""
 
     def __init__(self, batch_seconds: float | None = None) -> None:
         self._batch_seconds = ACCESS_BATCH_SECONDS if batch_seconds is None else batch_seconds
