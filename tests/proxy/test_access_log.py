@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,25 +20,21 @@ from tests.support.http import embed_ok
 BATCH = 0.05
 
 
-class Kept(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
+class Lines:
+    """The request lines logging has been handed so far (caplog sees every logger's records)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self._caplog = caplog
+
+    @property
+    def records(self) -> list[logging.LogRecord]:
+        return [r for r in self._caplog.records if r.name == ACCESS.name]
 
 
 @pytest.fixture
-def kept() -> Iterator[Kept]:
-    handler, level = Kept(), ACCESS.level
-    ACCESS.addHandler(handler)
-    ACCESS.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        ACCESS.removeHandler(handler)
-        ACCESS.setLevel(level)
+def kept(caplog: pytest.LogCaptureFixture) -> Lines:
+    caplog.set_level(logging.INFO, logger=ACCESS.name)
+    return Lines(caplog)
 
 
 def finished(access: AccessLog, request_id: str) -> float:
@@ -52,7 +47,7 @@ def finished(access: AccessLog, request_id: str) -> float:
     return ended
 
 
-def test_lines_wait_for_their_batch_then_come_together_with_their_own_times(kept: Kept) -> None:
+def test_lines_wait_for_their_batch_then_come_together_with_their_own_times(kept: Lines) -> None:
     async def serve() -> tuple[list[float], int, int]:
         access = AccessLog(BATCH)
         ends = []
@@ -76,7 +71,7 @@ def test_lines_wait_for_their_batch_then_come_together_with_their_own_times(kept
         assert record.msecs == pytest.approx(ended % 1 * 1000, abs=5)
 
 
-def test_flush_writes_what_waits_once(kept: Kept) -> None:
+def test_flush_writes_what_waits_once(kept: Lines) -> None:
     async def serve() -> tuple[int, int]:
         access = AccessLog(BATCH)
         finished(access, "a")
@@ -90,10 +85,10 @@ def test_flush_writes_what_waits_once(kept: Kept) -> None:
 
 
 def test_a_gateway_shutting_down_writes_the_lines_still_waiting(
-        fake_openai: FakeOpenAI, kept: Kept, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_openai: FakeOpenAI, kept: Lines, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(proxy.observe, "ACCESS_BATCH_SECONDS", 3600.0)  # no batch comes due while it runs
     with running_gateway(upstream_config(fake_openai)) as gateway:
         embed_ok(gateway.url, ["shut"], headers={"x-request-id": "rid-last"})
-        waiting = [r for r in kept.records if r.name == ACCESS.name]
+        waiting = kept.records
     assert waiting == []
     assert [r.fields["request_id"] for r in kept.records] == ["rid-last"]  # type: ignore[attr-defined]
