@@ -9,11 +9,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 SOAK_SECONDS ?= 600
+BASE ?= HEAD
 # PEERS=1: `make bench` also installs LiteLLM's proxy and infinity-emb, each in a throwaway venv, and
 # measures them the same way in the same run.
 PEERS ?=
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test lint bench bench-ab soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.gateway $(if $(PEERS),--peers)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.local $(if $(PEERS),--peers)
+
+# Two versions side by side under one alternating load (bench/ab.py): the working tree against BASE.
+bench-ab: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.ab $(BASE) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 # Not part of `make test`: steady load through two replicas, upstream failures, a Redis restart.
 soak: $(VENV)/.dev-installed

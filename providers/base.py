@@ -86,7 +86,8 @@ class Provider(Protocol):
     def tokenizer(self) -> Tokenizer | None:
         """The model's own tokenizer, or None to count with cl100k_base."""
 
-    def capabilities(self, model: str) -> Capabilities: ...
+    def capabilities(self, model: str) -> Capabilities:
+        """What calls for `model` may carry. Fixed for a model: the gateway reads it once per deployment."""
 
     async def start(self) -> None: ...
 
@@ -112,6 +113,12 @@ def check_shape(vectors: Vectors, expected_rows: int) -> Vectors:
     if not np.isfinite(vectors).all():  # NaN or Inf must never be cached or rendered as null
         raise bad_response("backend returned embeddings with NaN or infinite values")
     return vectors
+
+
+def stack_rows(rows: Sequence[Vectors]) -> Vectors:
+    """Rows of one width as one new [n, d] array, as np.stack makes it. One row (most requests) is copied
+    straight: np.stack's own steps cost more than the copy of a row."""
+    return rows[0][np.newaxis].copy() if len(rows) == 1 else np.stack(rows)
 
 
 def number_rows(rows: Any, expected: int) -> Vectors:

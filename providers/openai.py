@@ -21,6 +21,7 @@ from providers.base import (
     bad_response,
     check_shape,
     check_tokens,
+    stack_rows,
 )
 from providers.http import HttpClient, json_body
 from providers.options import DeploymentOptions
@@ -91,7 +92,7 @@ def from_payload(body: Any, expected: int) -> EmbedResult:
         raise bad_response("backend answer is missing embeddings or mixes sizes")
     usage = body.get("usage")
     tokens = check_tokens(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
-    vectors = np.stack([row for row in rows if row is not None]) if expected else np.zeros((0, 0), np.float32)
+    vectors = stack_rows([row for row in rows if row is not None]) if expected else np.zeros((0, 0), np.float32)
     return EmbedResult(vectors=check_shape(vectors, expected), prompt_tokens=tokens)
 
 

@@ -17,12 +17,12 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Literal, Protocol
 
 import numpy as np
 
-from providers.base import EmbedInput, Vectors, normalize
+from providers.base import EmbedInput, Vectors, normalize, stack_rows
 from proxy.errors import GatewayError, InvalidRequest, UpstreamError
 from proxy.flights import WRITE_GRACE_SECONDS, Flight, Flights, Write
 from proxy.metrics import Metrics
@@ -102,8 +102,11 @@ def space_for(entry: ModelEntry, identity: tuple[str, ...], dimensions: int | No
     )
 
 
+@lru_cache(maxsize=4096)
 def _space_hasher(space: Space, dimensions: int | None) -> hashlib.blake2b:
-    """A hasher already fed the space, every field length-prefixed so no two spaces collide."""
+    """A hasher already fed the space, every field length-prefixed so no two spaces collide. Kept per space
+    (a model, per team unless the scope is global): every request of that space starts from a copy of it
+    (`input_digest`), never from itself."""
     hasher = hashlib.blake2b(KEY_SCHEME, digest_size=32)
     options = (f"{name}={value}" for name, value in space.options)
     for part in (*space.identity, space.revision, str(dimensions or "native"), *options):
@@ -318,7 +321,7 @@ class EmbeddingCache:
         status: Status = ("bypass" if not use_store and control.read else
                           "hit" if not misses else "miss" if not hits else "partial")
         return Served(
-            vectors=np.stack([e.vector for e in entries]),
+            vectors=stack_rows([e.vector for e in entries]),
             prompt_tokens=sum(e.tokens for e in entries),
             hits=hits,
             status=status,

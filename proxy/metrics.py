@@ -127,6 +127,7 @@ class Metrics:
         build.labels(version()).set(1)
 
         self._teams: set[str] = set()
+        self._circuit: dict[str, bool] = {}  # each deployment's breaker as last set in `circuit_open`
         # Series that exist from the start read 0 rather than missing (rate() and alerts need them).
         for operation in STORE_OPERATIONS:
             self.store_errors.labels(operation)
@@ -137,6 +138,7 @@ class Metrics:
         for deployment, _provider in deployments:
             self.upstream_retries.labels(deployment)
             self.circuit_open.labels(deployment).set(0)
+            self._circuit[deployment] = False
 
     def team(self, principal: Principal | None) -> str:
         """The bounded team label of a caller."""
@@ -176,7 +178,9 @@ class Metrics:
             self.upstream_latency.labels(report.provider, report.deployment).observe(report.seconds)
         if report.retry:
             self.upstream_retries.labels(report.deployment).inc()
-        self.circuit_open.labels(report.deployment).set(1 if report.circuit_open else 0)
+        if self._circuit.get(report.deployment) is not report.circuit_open:  # set when it changes, not per call
+            self._circuit[report.deployment] = report.circuit_open
+            self.circuit_open.labels(report.deployment).set(1 if report.circuit_open else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

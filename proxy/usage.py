@@ -33,6 +33,7 @@ COUNTERS = ("requests", "tokens", "cache_hits")
 USAGE_DAYS = 400
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
+DAY_KEYS_KEPT = 4096
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -83,9 +84,17 @@ class Usage:
         self._ledger = ledger
         self._pending: dict[tuple[str, str], dict[str, int]] = {}  # (team, day hash) → field → amount
         self._writer: asyncio.Task[None] | None = None
+        self._day_keys: dict[tuple[str, date], str] = {}
 
     def _day_key(self, team: str, day: date) -> str:
-        return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
+        # Kept: every request of a team on one day names the same hash (strftime and the key's format were
+        # a measurable share of a cache hit's own work). Forgotten whole when it grows: days and teams change.
+        key = self._day_keys.get((team, day))
+        if key is None:
+            if len(self._day_keys) >= DAY_KEYS_KEPT:
+                self._day_keys.clear()
+            key = self._day_keys[team, day] = self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
+        return key
 
     async def today(self) -> date:
         """The store's UTC day (Redis `TIME`)."""

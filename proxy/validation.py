@@ -100,7 +100,7 @@ def token_bounds(request: EmbeddingRequest, route: Route, target: Target) -> lis
     if not isinstance(route.service.tokenizer, Cl100k):
         return None
     bounds = [utf8_bytes(x) if isinstance(x, str) else len(x) for x in request.inputs]
-    caps = (c.deployment.provider.capabilities(c.model).max_tokens for tier in target.tiers for c in tier)
+    caps = (c.caps.max_tokens for tier in target.tiers for c in tier)
     most = min([MAX_TOKENS_PER_REQUEST, *(cap for cap in caps if cap is not None)])
     if max(bounds) > route.entry.max_input_tokens or sum(bounds) > most:
         return None
@@ -125,7 +125,7 @@ def effective_input_type(request: EmbeddingRequest, target: Target) -> str | Non
     """The input_type that changes vectors: None when no deployment of the model takes one (ignored by config)."""
     if request.input_type is None:
         return None
-    takes = any(c.deployment.provider.capabilities(c.model).input_type for c in target.tiers[0])
+    takes = any(c.caps.input_type for c in target.tiers[0])
     return request.input_type if takes else None
 
 

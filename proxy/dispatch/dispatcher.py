@@ -11,6 +11,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,12 +35,19 @@ from proxy.settings import DispatchSettings
 from proxy.tracing import Span, Tracing
 
 T = TypeVar("T")
+_ONE_CALL: AbstractAsyncContextManager[Any] = nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     deployment: Deployment
     model: str  # the upstream model name at that deployment
+    # What the deployment takes for that model, read once: a provider's capabilities are fixed for a model
+    # (providers/base.py), and validation and planning asked for them three times per candidate per request.
+    caps: Capabilities = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caps", self.deployment.provider.capabilities(self.model))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,9 @@ class Target:
     matryoshka: bool = False
     native_dimensions: int | None = None
     ignore_input_type: bool = False
+    # `plans` of this target by (dimensions, input_type): bounded by the sizes a client may ask of the model.
+    plans: dict[tuple[int | None, str | None], tuple[tuple[_Plan, ...], ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,7 @@ class _Plan:
 def plan(candidate: Candidate, target: Target, dimensions: int | None, input_type: str | None) -> _Plan | None:
     """How `candidate` can serve a request, or None when it cannot honour a parameter. Never drop one silently:
     a wrong vector is worse than an error."""
-    caps = candidate.deployment.provider.capabilities(candidate.model)
+    caps = candidate.caps
     ask = truncate = None
     if dimensions is not None:
         if caps.takes_dimensions(dimensions):
@@ -108,11 +119,22 @@ def plan(candidate: Candidate, target: Target, dimensions: int | None, input_typ
     return _Plan(candidate, caps, ask, truncate, input_type if caps.input_type else None)
 
 
+def plans(target: Target, dimensions: int | None, input_type: str | None) -> tuple[tuple[_Plan, ...], ...]:
+    """Each tier's plans for a request's parameters, tiers with none left out. Plans are pure, so a target
+    keeps them per (dimensions, input_type): every request for a configured model asks the same few."""
+    key = (dimensions, input_type)
+    found = target.plans.get(key)
+    if found is None:
+        tiers = (tuple(p for c in tier if (p := plan(c, target, dimensions, input_type))) for tier in target.tiers)
+        found = target.plans[key] = tuple(tier for tier in tiers if tier)
+    return found
+
+
 def check_servable(target: Target, dimensions: int | None, input_type: str | None) -> None:
     """400 before any charge when no deployment of the model can honour `dimensions` / `input_type`."""
     own = target.tiers[0]
     if dimensions is not None and not any(plan(c, target, dimensions, None) for c in own):
-        sizes = sorted({s for c in own for s in c.deployment.provider.capabilities(c.model).dimensions or ()})
+        sizes = sorted({s for c in own for s in c.caps.dimensions or ()})
         hint = f"; it takes {', '.join(map(str, sizes))}" if sizes else ""
         raise InvalidRequest(f"This model ({target.model}) does not support dimensions={dimensions}{hint}.",
                              param="dimensions", code="unsupported_parameter")
@@ -183,16 +205,14 @@ class _Run:
     input_type: str | None
     deadline: float = 0.0
     used: dict[str, None] = field(default_factory=dict)
-    _plans: list[list[_Plan]] = field(default_factory=list)
+    _plans: tuple[tuple[_Plan, ...], ...] = ()
     _limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    _parallel: bool = False  # parts run side by side (set before the first of them starts)
 
     async def run(self) -> Dispatched:
         settings = self.dispatcher.settings
         self.deadline = time.monotonic() + settings.deadline
-        for tier in self.target.tiers:
-            plans = [p for c in tier if (p := plan(c, self.target, self.dimensions, self.input_type))]
-            if plans:
-                self._plans.append(plans)
+        self._plans = plans(self.target, self.dimensions, self.input_type)
         pieces = await self._part(list(range(len(self.inputs))), 0, frozenset())
         widths = {piece.vectors.shape[1] for piece in pieces}
         if len(widths) > 1:
@@ -211,6 +231,8 @@ class _Run:
             for tier in self._plans:
                 usable = [p for p in tier
                           if p.deployment.usable(now) and not (preferred and p.deployment.name in avoid)]
+                if len(usable) == 1:  # what any strategy would choose, and leave its state as it was
+                    return usable[0]
                 if usable:
                     chosen = self.target.choose([p.deployment for p in usable])
                     return next(p for p in usable if p.deployment is chosen)
@@ -239,10 +261,15 @@ class _Run:
         chunks = split(indices, self.tokens, max_inputs, max_tokens)
         if len(chunks) == 1:
             return await self._call(chosen, indices, attempt, avoid)
+        self._parallel = True
         nested = await gather_or_cancel(self._part(chunk, attempt, avoid) for chunk in chunks)
         return [piece for pieces in nested for piece in pieces]
 
-    def _limit(self, deployment: Deployment) -> asyncio.Semaphore:
+    def _limit(self, deployment: Deployment) -> AbstractAsyncContextManager[Any]:
+        """Each deployment's bound on this request's calls in flight at once; none to keep while the request
+        is one call (most are), which saves a semaphore per request."""
+        if not self._parallel:
+            return _ONE_CALL
         if deployment.name not in self._limits:
             self._limits[deployment.name] = asyncio.Semaphore(deployment.options.max_concurrency)
         return self._limits[deployment.name]

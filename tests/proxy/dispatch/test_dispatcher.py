@@ -224,6 +224,26 @@ async def test_dimensions_native_or_matryoshka_never_dropped() -> None:
 
 
 @pytest.mark.asyncio
+async def test_capabilities_are_read_once_and_plans_made_once_per_parameters() -> None:
+    asked: list[str] = []
+
+    class Counted(Scripted):
+        def capabilities(self, model: str) -> Capabilities:
+            asked.append(model)
+            return self.caps
+
+    provider = Counted(Capabilities(max_inputs=10, dimensions=ANY_DIMENSIONS))
+    routed = target([await deployment("a", provider)])
+    dispatcher = Dispatcher(FAST)
+    for dimensions in (None, None, 4, 4):
+        result = await dispatcher.dispatch(routed, ["x"], [1], dimensions=dimensions)
+        assert result.vectors.shape == (1, dimensions or DIMS)
+    assert asked == ["up"]  # when the candidate was made, not per request
+    assert set(routed.plans) == {(None, None), (4, None)}
+    assert [c.dimensions for c in provider.calls] == [None, None, 4, 4]
+
+
+@pytest.mark.asyncio
 async def test_input_type_refused_where_no_deployment_knows_it_unless_ignored() -> None:
     plain = await deployment("plain", Scripted())
     with pytest.raises(InvalidRequest) as exc:
