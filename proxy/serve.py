@@ -41,6 +41,13 @@ class Listen:
     reuse_port: bool = False
 
 
+# Allocations between two collections of the youngest generation (Python's default: 700). A collection costs
+# about what the objects alive at that moment cost to walk, and under load those are the requests in flight,
+# whatever the threshold: collecting 14 times less often took 5 % off the CPU per request at 32 clients
+# (bench/ab.py, 8 rounds, each lower) and nothing off one at a time. Cyclic garbage waits a little longer.
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -62,6 +69,7 @@ async def _serve(settings: Settings, listen: Listen) -> None:
     # What start-up built lives as long as the process: out of the collector's sight, a full collection
     # no longer walks it again and again under load.
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     site = web.TCPSite(runner, listen.host, listen.port, reuse_port=listen.reuse_port or None)
     await site.start()
     log.info("embedgate (pid %d) serving %d model entries on http://%s:%d", os.getpid(), len(settings.models),
