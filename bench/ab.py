@@ -38,7 +38,7 @@ import orjson
 
 from bench.gateway import RESULTS, SMALL, gateway_config, team_key, texts, upstream
 from testkit.redis_server import RedisServer
-from testkit.servers import free_port, stop_process, wait_listening, write_config
+from testkit.servers import GatewayProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("cpu_us_c32", "cpu_us_seq", "p50_ms_seq")
@@ -57,19 +57,6 @@ def checkout(ref: str | None) -> Iterator[Path]:
             yield tree
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-
-
-@contextmanager
-def gateway(tree: Path, config: Path) -> Iterator[tuple[str, int]]:
-    """`embedgate serve` running `tree`'s code (first on the path); yields its base URL and pid."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)],
-                            cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, lambda: proc.poll() is None, f"the gateway of {tree}")
-        yield f"http://127.0.0.1:{port}", proc.pid
-    finally:
-        stop_process(proc)
 
 
 def cpu_ns(pid: int) -> int:
@@ -127,10 +114,14 @@ def _rounds(args: argparse.Namespace, load: concurrent.futures.Executor, small: 
         for i, (_, tree) in enumerate(trees):
             store = "memory://"
             if args.mode == "production":  # one Redis each: neither gateway's store traffic slows the other's
-                store = stack.enter_context(redis_server()).url
+                redis = RedisServer().start()
+                stack.callback(redis.stop)
+                store = redis.url
             config = write_config(gateway_config(args.mode, small, small, store), tmp / f"{trees[i][0]}.yaml")
-            url, pid = stack.enter_context(gateway(tree, config))
-            gateways.append((url, pid, team_key(url) if args.mode == "production" else None))
+            process = GatewayProcess(config, tree=tree)
+            stack.callback(process.stop)
+            url = process.wait_ready(timeout=90).url
+            gateways.append((url, process.proc.pid, team_key(url) if args.mode == "production" else None))
 
         def run(order: list[tuple[str, int, str | None]], inputs: list[list[str]], clients: int,
                 ) -> tuple[dict[int, float], dict[int, float]]:
@@ -153,15 +144,6 @@ def _rounds(args: argparse.Namespace, load: concurrent.futures.Executor, small: 
             rounds.append({label: {"cpu_us_c32": c32[pid], "cpu_us_seq": seq[pid], "p50_ms_seq": p50[pid]}
                            for (label, _), (_, pid, _) in zip(trees, gateways, strict=True)})
         return rounds
-
-
-@contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:

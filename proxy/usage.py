@@ -19,6 +19,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 import orjson
 
@@ -84,17 +85,12 @@ class Usage:
         self._ledger = ledger
         self._pending: dict[tuple[str, str], dict[str, int]] = {}  # (team, day hash) → field → amount
         self._writer: asyncio.Task[None] | None = None
-        self._day_keys: dict[tuple[str, date], str] = {}
+        # Kept: every request of a team on one day names the same hash (strftime and the key's format were a
+        # measurable share of a cache hit's own work).
+        self._day_key = lru_cache(maxsize=DAY_KEYS_KEPT)(self._name_day)
 
-    def _day_key(self, team: str, day: date) -> str:
-        # Kept: every request of a team on one day names the same hash (strftime and the key's format were
-        # a measurable share of a cache hit's own work). Forgotten whole when it grows: days and teams change.
-        key = self._day_keys.get((team, day))
-        if key is None:
-            if len(self._day_keys) >= DAY_KEYS_KEPT:
-                self._day_keys.clear()
-            key = self._day_keys[team, day] = self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
-        return key
+    def _name_day(self, team: str, day: date) -> str:
+        return self._store.team_key(team, "usage", day.strftime("%Y%m%d"))
 
     async def today(self) -> date:
         """The store's UTC day (Redis `TIME`)."""

@@ -135,9 +135,9 @@ class GatewayProcess:
     """`embedgate serve` as a separate OS process, as a replica runs in production."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None, port: int | None = None,
-                 args: tuple[str, ...] = (), command: list[str] | None = None) -> None:
+                 args: tuple[str, ...] = (), command: list[str] | None = None, tree: Path = ROOT) -> None:
         """`command` replaces `python -m proxy serve --config CONFIG --port PORT ARGS` (the image's entry point,
-        which takes both from its environment)."""
+        which takes both from its environment). `tree`: the checkout whose code runs (bench/ab.py runs two)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / f"gateway-{self.port}.log"
@@ -145,7 +145,8 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             command or [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(self.port),
                         *args],
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=tree, env={**os.environ, **(env or {}), **({"PYTHONPATH": str(tree)} if tree != ROOT else {})},
+            stdout=self._log, stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> GatewayProcess:
