@@ -17,8 +17,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from providers.base import ANY_DIMENSIONS, Capabilities, EmbedBatch, EmbedResult
 from providers.http import HttpClient
-from providers.openai import parse_answer
 from providers.openai import to_payload as openai_to_payload
+from providers.openai_answer import AnswerReader
 from providers.options import DeploymentOptions
 from providers.remote import RemoteProvider
 
@@ -95,5 +95,6 @@ class AzureProvider(RemoteProvider):
         )
 
     async def embed(self, batch: EmbedBatch) -> EmbedResult:
-        body = await self.post_bytes(endpoint(self.options, batch.model), to_payload(batch, self.options))
-        return parse_answer(body, len(batch.inputs))
+        reader = AnswerReader(len(batch.inputs))
+        await self.post_into(endpoint(self.options, batch.model), to_payload(batch, self.options), reader)
+        return reader.result()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -116,6 +116,25 @@ def json_body(body: bytes) -> Any:
         raise ProviderError(ErrorKind.BAD_RESPONSE, "backend answered with invalid JSON") from err
 
 
+_READ_WHOLE_BELOW = 1 << 16  # bytes: a smaller answer (nearly every one) comes in one socket read
+
+
+class BodySink(Protocol):
+    """What reads a 2xx answer a chunk at a time, as it arrives (`providers/openai_answer.py`'s reader)."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+
+class Whole:
+    """The sink that keeps the whole body."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+
 class HttpClient:
     """Owns the pooled `aiohttp.ClientSession`; created lazily inside the running loop."""
 
@@ -139,7 +158,23 @@ class HttpClient:
         secrets: tuple[str, ...] = (),
     ) -> bytes:
         """POST JSON, return the answer's raw body (decode it with `json_body`, or parse it yourself), or
-        raise `ProviderError`.
+        raise `ProviderError`. See `post_into`."""
+        whole = Whole()
+        await self.post_into(url, payload, whole, headers=headers, timeout=timeout, secrets=secrets)
+        return b"".join(whole.chunks)  # one chunk, the usual small answer: that chunk, not a copy
+
+    async def post_into(
+        self,
+        url: StrOrURL,
+        payload: Any,
+        sink: BodySink,
+        *,
+        headers: Mapping[str, str],
+        timeout: float,  # noqa: ASYNC109 -- a per-backend budget passed on to aiohttp, not a cancel scope
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        """POST JSON and feed a 2xx answer's body to `sink` a chunk at a time as it arrives, or raise
+        `ProviderError` (an error's body is read whole, to map it).
 
         `payload` goes as JSON, or as it is when already `bytes` (a signed body must be the bytes signed).
 
@@ -157,18 +192,24 @@ class HttpClient:
                 # whatever origin the Location names.
                 allow_redirects=False,
             ) as resp:
+                if 200 <= resp.status < 300:
+                    length = resp.content_length
+                    if length is not None and length < _READ_WHOLE_BELOW:
+                        sink.feed(await resp.read())  # one chunk anyway, at less cost than iterating
+                        return
+                    async for chunk in resp.content.iter_any():
+                        sink.feed(chunk)
+                    return
                 body = await resp.read()
                 if 300 <= resp.status < 400:
                     raise ProviderError(ErrorKind.BAD_RESPONSE, f"backend answered HTTP {resp.status}, a redirect; "
                                         "the gateway follows none, so its credentials never reach another "
                                         "origin: set api_base to the final URL")
-                if resp.status >= 400:
-                    raise self._status_error(resp.status, body, resp.headers, secrets)
+                raise self._status_error(resp.status, body, resp.headers, secrets)
         except TimeoutError as err:
             raise ProviderError(ErrorKind.TIMEOUT, f"backend did not answer within {timeout:g}s") from err
         except aiohttp.ClientError as err:
             raise ProviderError(ErrorKind.UNAVAILABLE, f"cannot reach backend: {type(err).__name__}") from err
-        return body
 
     @staticmethod
     def _status_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.http import HttpClient, json_body, secrets_of
+from providers.http import BodySink, HttpClient, Whole, json_body, secrets_of
 from providers.options import DeploymentOptions
 from providers.tokenizers import Tokenizer
 
@@ -31,13 +31,19 @@ class RemoteProvider:
         return json_body(await self.post_bytes(url, payload, headers))
 
     async def post_bytes(self, url: str, payload: Any, headers: Mapping[str, str] | None = None) -> bytes:
-        """POST with the configured headers plus `headers` (a per-call signature, say): every value of both
-        is scrubbed from any upstream text passed on. The answer's raw body, for a vendor that parses it
-        faster than a full JSON decode."""
+        """The answer's raw body, for a vendor that parses it faster than a full JSON decode. See `post_into`."""
+        whole = Whole()
+        await self.post_into(url, payload, whole, headers)
+        return b"".join(whole.chunks)
+
+    async def post_into(self, url: str, payload: Any, sink: BodySink, headers: Mapping[str, str] | None = None
+                        ) -> None:
+        """POST with the configured headers plus `headers` (a per-call signature, say), the answer fed to
+        `sink` as it arrives: every value of both is scrubbed from any upstream text passed on."""
         secrets = secrets_of(self.options.secret(), [*self._headers.values(), *headers.values()]) if headers \
             else self._secrets
-        return await self._http.post(url, payload, headers={**self._headers, **(headers or {})},
-                                     timeout=self.options.timeout, secrets=secrets)
+        await self._http.post_into(url, payload, sink, headers={**self._headers, **(headers or {})},
+                                   timeout=self.options.timeout, secrets=secrets)
 
     async def start(self) -> None:
         return None

@@ -23,7 +23,7 @@ from providers.base import (
     check_tokens,
 )
 from providers.http import HttpClient
-from providers.openai import from_payload as openai_from_payload
+from providers.openai_answer import from_payload as openai_from_payload
 from providers.options import DeploymentOptions
 from providers.remote import RemoteProvider
 

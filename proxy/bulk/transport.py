@@ -15,7 +15,7 @@ import numpy.typing as npt
 import orjson
 
 from providers.base import ProviderError, finite_seconds
-from providers.openai import parse_answer as parse_openai_answer
+from providers.openai_answer import parse_answer as parse_openai_answer
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 

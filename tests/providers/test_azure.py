@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from providers.azure import AzureOptions, AzureProvider, endpoint, to_payload
 from providers.base import ANY_DIMENSIONS, EmbedBatch, ErrorKind
 from providers.http import HttpClient
-from providers.openai import from_payload
+from providers.openai_answer import from_payload
 from tests.support.vendor_shapes import fixture, vendor_error
 
 BASE = "https://my-resource.openai.azure.com"

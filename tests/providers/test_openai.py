@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from providers.base import EmbedBatch
-from providers.openai import from_payload, to_payload
+from providers.openai import to_payload
+from providers.openai_answer import from_payload
 from tests.support.vendor_shapes import assert_bad_response, fixture
 
 

@@ -1,5 +1,6 @@
-"""The OpenAI answer read from its raw bytes (`parse_answer`): the same result, or the same error, as
-`from_payload` of the JSON-decoded body on every input, and base64 answers read without a full JSON decode."""
+"""The OpenAI answer read from its raw bytes (`parse_answer`, `AnswerReader`): the same result, or the same
+error, as `from_payload` of the JSON-decoded body on every input, whole or cut into chunks anywhere, and
+base64 answers read without a full JSON decode."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import numpy as np
 import pybase64
 import pytest
 
-from providers import openai
+from providers import openai_answer
 from providers.base import EmbedResult, ErrorKind, ProviderError
 from providers.http import json_body
-from providers.openai import base64_answer, from_payload
-from providers.openai import parse_answer as parse_any_size
+from providers.openai_answer import AnswerReader, base64_answer, from_payload
+from providers.openai_answer import parse_answer as parse_any_size
 from tests.support.vendor_shapes import FIXTURES
 
 Outcome = tuple[Any, ...]
@@ -44,10 +45,33 @@ def reference(body: bytes, expected: int) -> EmbedResult:
     return from_payload(json_body(body), expected)
 
 
+def fed(chunks: list[bytes]) -> Callable[[bytes, int], EmbedResult]:
+    """The answer read as it arrives in `chunks`, the fast way whatever its size."""
+    def parse(body: bytes, expected: int) -> EmbedResult:
+        assert b"".join(chunks) == body
+        reader = AnswerReader(expected, fast_from=0)
+        for chunk in chunks:
+            reader.feed(chunk)
+        return reader.result()
+
+    return parse
+
+
+def split(body: bytes, rng: random.Random) -> list[bytes]:
+    """`body` cut at a few random places (an empty chunk now and then)."""
+    cuts = sorted(rng.choices(range(len(body) + 1), k=rng.randint(1, 6)))
+    return [body[start:end] for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+
 def assert_same(body: bytes, expected: int) -> Outcome:
-    got = outcome(parse_answer, body, expected)
-    assert got == outcome(reference, body, expected), body[:300]
-    return got
+    """The same outcome whole and in chunks cut at random places."""
+    want = outcome(reference, body, expected)
+    assert outcome(parse_answer, body, expected) == want, body[:300]
+    rng = random.Random(body)
+    for _ in range(3):
+        chunks = split(body, rng)
+        assert outcome(fed(chunks), body, expected) == want, chunks
+    return want
 
 
 def b64(values: Any) -> str:
@@ -243,7 +267,7 @@ def test_random_answers_read_fast_to_the_same_result() -> None:
 @pytest.mark.parametrize("stretch", [None, 24])  # 24 bytes of base64 a call: rows decoded a few at a time
 def test_random_damage_reads_as_the_full_decode_reads_it(stretch: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     if stretch is not None:
-        monkeypatch.setattr(openai, "_STRETCH", stretch)
+        monkeypatch.setattr(openai_answer, "_STRETCH", stretch)
     rng = random.Random(11)
     for _ in range(1500):
         body, count = random_answer(rng)
@@ -254,11 +278,60 @@ def test_random_damage_reads_as_the_full_decode_reads_it(stretch: int | None, mo
 
 def test_only_a_large_answer_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """A small answer costs less through the full decode (one row: about a third less), so it goes that way."""
-    taken: list[int] = []
-    monkeypatch.setattr(openai, "base64_answer", lambda body, expected: taken.append(len(body)))  # None: not read
+    cut: list[int] = []
+
+    def record(cutter: Any, data: bytes, final: bool) -> None:
+        cut.append(len(data))
+        cutter._give_up()
+    monkeypatch.setattr(openai_answer._Cutter, "_cut", record)
     small = answer([b64([1.0, 2.0])])
     large = answer([b64(np.ones(1536, "<f4"))] * 8)
-    assert len(small) < openai.FAST_FROM_BYTES <= len(large)
+    assert len(small) < openai_answer.FAST_FROM_BYTES <= len(large)
     for body, rows in ((small, 1), (large, 8)):
         assert parse_any_size(body, rows).vectors.shape[0] == rows
-    assert taken == [len(large)]
+    assert cut == [len(large)]
+
+
+# --- as it arrives: a chunk's end anywhere ------------------------------------------------------------------
+
+SHAPES = {
+    "compact": answer([b64([1.0, 2.0, 3.0]), b64([4.0, 5.0, 6.0])], indices=[1, 0], usage={"prompt_tokens": 3}),
+    "pretty": (FIXTURES / "openai_response_base64_pretty.json").read_bytes(),
+    "padded rows": answer([b64([1.0]), b64([2.0])]),
+    "the word as a value": answer([b64([1.0, 2.0, 3.0])], model_note="embedding"),
+    "spaces around the colon": swapped(answer([b64([1.0, 2.0, 3.0])]), b'"embedding": "', b'"embedding" \n : \t "'),
+    "float answer": (FIXTURES / "openai_response_float.json").read_bytes(),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_chunk_may_end_at_any_byte(shape: str) -> None:
+    """Every place one chunk can end and the next begin, and a byte at a time: the same outcome as whole."""
+    body = SHAPES[shape]
+    expected = body.count(b'"index"') or len(json.loads(body)["data"])
+    want = outcome(reference, body, expected)
+    for at in range(len(body) + 1):
+        assert outcome(fed([body[:at], body[at:]]), body, expected) == want, at
+        assert (read_fast([body[:at], body[at:]], expected) is not None) == (shape != "float answer"), at
+    bytewise = [body[at:at + 1] for at in range(len(body))]
+    assert outcome(fed(bytewise), body, expected) == want
+    assert (read_fast(bytewise, expected) is not None) == (shape != "float answer")
+
+
+def read_fast(chunks: list[bytes], expected: int) -> EmbedResult | None:
+    reader = AnswerReader(expected, fast_from=0)
+    for chunk in chunks:
+        reader.feed(chunk)
+    return reader.fast_result()
+
+
+def test_rows_arriving_a_chunk_at_a_time_are_read_fast() -> None:
+    """A large answer in chunks of a socket read's size: read the fast way, to the full decode's rows."""
+    rows = np.random.default_rng(3).standard_normal((64, 1536)).astype("<f4")
+    body = answer([b64(r) for r in rows], usage={"prompt_tokens": 64, "total_tokens": 64})
+    reader = AnswerReader(64)
+    for at in range(0, len(body), 65536):
+        reader.feed(body[at:at + 65536])
+    fast = reader.fast_result()
+    assert fast is not None and fast.prompt_tokens == 64
+    np.testing.assert_array_equal(fast.vectors, rows)
