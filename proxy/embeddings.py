@@ -15,7 +15,7 @@ from proxy.dispatch import Dispatched, Target
 from proxy.errors import GatewayError, InvalidRequest
 from proxy.gateway import Gateway
 from proxy.quota import Charge
-from proxy.render import embeddings_body
+from proxy.render import Pieces, embeddings_answer
 from proxy.request import EmbeddingRequest
 from proxy.routing import Route
 from proxy.validation import Counted, count_inputs, validate
@@ -26,7 +26,7 @@ DEPLOYMENT_HEADER = "x-embedgate-deployment"
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingResponse:
-    body: bytes
+    body: bytes | Pieces  # a large answer in pieces, rendered as they are written
     headers: dict[str, str] = field(default_factory=dict)
     # What was served, for metrics and the log line.
     tokens: int = 0
@@ -87,8 +87,8 @@ async def _create(gw: Gateway, request: EmbeddingRequest, cache_control: CacheCo
         if err.input_index is not None:
             err.param = request.param(err.input_index)
         raise
-    body = embeddings_body(served.vectors, model=request.model, encoding_format=request.encoding_format,
-                           prompt_tokens=served.prompt_tokens)
+    body = embeddings_answer(served.vectors, model=request.model, encoding_format=request.encoding_format,
+                             prompt_tokens=served.prompt_tokens)
     deployment = ",".join(served.deployments) or "cache"
     headers = {CACHE_HEADER: served.status, DEPLOYMENT_HEADER: deployment, **charge.headers}
     return EmbeddingResponse(body, headers, served.prompt_tokens, len(request.inputs), served.status, deployment,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -16,8 +17,9 @@ from proxy.embeddings import create_embeddings
 from proxy.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from proxy.gateway import Gateway
 from proxy.metrics import NO_TEAM, OTHER, Metrics
-from proxy.observe import EXCHANGE
+from proxy.observe import EXCHANGE, REQUEST_ID
 from proxy.quota import with_rate_limit_headers
+from proxy.render import Pieces
 from proxy.request import parse_embedding_request
 from proxy.routing import metric_label
 from proxy.schema import Health, ModelList, ModelObject, Readiness, parse_body
@@ -58,7 +60,7 @@ async def authenticate(request: web.Request) -> Principal | None:
     return await request.app[GATEWAY].auth.authenticate(request.headers.get("Authorization"))
 
 
-async def embeddings(request: web.Request) -> web.Response:
+async def embeddings(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     exchange = request[EXCHANGE]
     exchange.model, exchange.team = OTHER, NO_TEAM  # until known: the metrics and the log line count it
@@ -98,7 +100,26 @@ async def embeddings(request: web.Request) -> web.Response:
     exchange.cache, exchange.deployment = result.cache, result.deployment
     exchange.upstream_seconds = result.upstream_seconds
     headers = result.headers if principal is None else with_rate_limit_headers(result.headers)
-    return web.Response(body=result.body, content_type=JSON, headers=headers)
+    if isinstance(result.body, bytes):
+        return web.Response(body=result.body, content_type=JSON, headers=headers)
+    return await write_pieces(request, result.body, headers)
+
+
+async def write_pieces(request: web.Request, body: Pieces, headers: dict[str, str]) -> web.StreamResponse:
+    """A large answer written a piece at a time as each is rendered (proxy/render.py `Pieces`). Its headers
+    leave before the handler returns, so the request id goes with them here. A client that hangs up
+    mid-way ends the writing, as aiohttp ends a whole body's: the answer was accounted for before."""
+    response = web.StreamResponse(headers={**headers, REQUEST_ID: request[EXCHANGE].request_id})
+    response.content_type = JSON
+    if body.length is not None:
+        response.content_length = body.length
+    # On a closed connection aiohttp's own last write, after the handler, fails too, and lets it be.
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        for part in body.parts:
+            await response.write(part)
+        await response.write_eof()
+    return response
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -126,7 +126,8 @@ class InProcessTransport:
             response = await create_embeddings(self._gateway, request)
         except GatewayError as err:
             raise EmbedFailed(f"{err.status}: {err.message}") from err
-        vectors, tokens = parse_answer(response.body, len(texts))
+        body = response.body if isinstance(response.body, bytes) else response.body.joined()
+        vectors, tokens = parse_answer(body, len(texts))
         return Embedded(vectors, tokens, response.headers.get(CACHE_HEADER))
 
     async def aclose(self) -> None:

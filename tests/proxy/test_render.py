@@ -1,4 +1,5 @@
-"""The response body: base64 built from pieces is byte for byte what orjson writes for the same answer."""
+"""The response body: base64 built from pieces is byte for byte what orjson writes for the same answer, and a
+large answer rendered a piece at a time (`Pieces`) is byte for byte the body rendered whole."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from proxy.render import embeddings_body
+from proxy import render
+from proxy.render import Pieces, embeddings_answer, embeddings_body
 
 MODELS = ["text-embedding-3-small", 'quo"te', "back\\slash", "new\nline\ttab\x01", "ünï/cødé 😀", "</script>", ""]
 
@@ -49,3 +51,29 @@ def test_float_body() -> None:
     assert json.loads(body) == {"object": "list", "model": 'a"b', "usage": {"prompt_tokens": 3, "total_tokens": 3},
                                 "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]},
                                          {"object": "embedding", "index": 1, "embedding": [0.125, 1.0]}]}
+
+
+@pytest.mark.parametrize("encoding_format", ["base64", "float"])
+@pytest.mark.parametrize(("rows", "width"), [(1, 7), (11, 4), (12, 3), (10, 5), (101, 6), (3, 40), (1001, 2)])
+@pytest.mark.parametrize("model", ["m", 'quo"te'])
+def test_an_answer_in_pieces_is_the_body_whole(encoding_format: str, rows: int, width: int, model: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of a few rows each (rows of any width, row counts of 1 to 4 digits): joined, the same bytes
+    as the whole body; a base64 one's length known before it is rendered."""
+    monkeypatch.setattr(render, "PIECES_FROM", 1)
+    monkeypatch.setattr(render, "PIECE_VALUES", 16)
+    vectors = np.random.default_rng(rows + width).standard_normal((rows, width)).astype(np.float32)
+    whole = embeddings_body(vectors, model=model, encoding_format=encoding_format, prompt_tokens=rows)
+    answer = embeddings_answer(vectors, model=model, encoding_format=encoding_format, prompt_tokens=rows)
+    assert isinstance(answer, Pieces)
+    parts = list(answer.parts)
+    assert len(parts) > 2 and b"".join(parts) == whole
+    assert answer.length == (len(whole) if encoding_format == "base64" else None)
+
+
+def test_only_a_large_answer_goes_in_pieces() -> None:
+    small = np.ones((2, 3), np.float32)
+    assert embeddings_answer(small, model="m", encoding_format="base64", prompt_tokens=1) == embeddings_body(
+        small, model="m", encoding_format="base64", prompt_tokens=1)
+    large = np.ones((render.PIECES_FROM // 512, 512), np.float32)
+    assert isinstance(embeddings_answer(large, model="m", encoding_format="base64", prompt_tokens=1), Pieces)
