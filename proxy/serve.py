@@ -12,7 +12,6 @@ it empties at start, so `/metrics` on any worker counts every worker's traffic.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import multiprocessing
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.multiprocess import mark_process_dead
 
+from proxy import runtime
 from proxy.logs import LogOptions
 from proxy.logs import configure as configure_logging
 from proxy.metrics import MULTIPROC_ENV
@@ -39,14 +39,6 @@ class Listen:
     host: str
     port: int
     reuse_port: bool = False
-
-
-# Allocations between two collections of the youngest generation (Python's default: 700). Each collection
-# walks what is alive at that moment and moves it to an older generation, to be walked again there; under
-# load much of it is the state of requests still in flight, gone soon after. Collecting 14 times less often
-# took 5 % off the CPU per request at 32 clients (bench/ab.py, 8 rounds, each lower) and nothing off one at a
-# time; 50,000 did no better. Cyclic garbage waits a little longer.
-GC_YOUNG_THRESHOLD = 10_000
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -67,10 +59,7 @@ async def _serve(settings: Settings, listen: Listen) -> None:
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=settings.server.drain_timeout,
                            access_log=None, handle_signals=False)
     await runner.setup()
-    # What start-up built lives as long as the process: out of the collector's sight, a full collection
-    # no longer walks it again and again under load.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    runtime.tune()
     site = web.TCPSite(runner, listen.host, listen.port, reuse_port=listen.reuse_port or None)
     await site.start()
     log.info("embedgate (pid %d) serving %d model entries on http://%s:%d", os.getpid(), len(settings.models),
