@@ -46,7 +46,7 @@ bench: $(VENV)/.dev-installed
 
 # Two versions side by side under one alternating load (bench/ab.py): the working tree against BASE.
 bench-ab: $(VENV)/.dev-installed
-	$(BIN)/python -m bench.ab $(BASE) $(if $(ROUNDS),--rounds $(ROUNDS))
+	$(BIN)/python -m bench.ab $(BASE) $(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(LARGEST),--largest)
 
 # Not part of `make test`: steady load through two replicas, upstream failures, a Redis restart.
 soak: $(VENV)/.dev-installed

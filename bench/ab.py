@@ -9,6 +9,7 @@ schedstat, in ns, not clock ticks) and the sequential p50; the order of the two 
 
     python -m bench.ab BASE [CHANGED]     # git refs; CHANGED defaults to the working tree as it is
     python -m bench.ab HEAD HEAD          # A/A: how far apart two identical gateways read (the noise)
+    python -m bench.ab BASE --largest     # the largest legal request instead (2048 x 1536, base64 and float)
 
 Reports each figure's ratio CHANGED ÷ BASE per round and their geometric mean, and writes
 bench/results/<date>-ab.json. Run an A/A beside an A/B: a ratio is a finding only outside the A/A's spread.
@@ -36,12 +37,12 @@ import aiohttp
 import numpy as np
 import orjson
 
-from bench.gateway import RESULTS, SMALL, gateway_config, team_key, texts, upstream
+from bench.gateway import LARGE, LARGE_DIMS, LARGE_INPUTS, RESULTS, SMALL, gateway_config, team_key, texts, upstream
 from testkit.redis_server import RedisServer
 from testkit.servers import GatewayProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("cpu_us_c32", "cpu_us_seq", "p50_ms_seq")
+FORMATS = ("base64", "float")
 
 
 @contextmanager
@@ -72,9 +73,10 @@ def cpu_ns(pid: int) -> int:
 
 # --- the load generator, in its own process ---------------------------------------------------------------
 
-async def _alternate(urls: list[str], keys: list[str | None], inputs: list[list[str]], clients: int) -> list[float]:
+async def _alternate(urls: list[str], keys: list[str | None], inputs: list[list[str]], clients: int, model: str,
+                     fmt: str) -> list[float]:
     """Request i goes to urls[i % 2]; returns each gateway's p50 in ms."""
-    bodies = [orjson.dumps({"model": SMALL, "input": x, "encoding_format": "base64"}) for x in inputs]
+    bodies = [orjson.dumps({"model": model, "input": x, "encoding_format": fmt}) for x in inputs]
     headers = [{"Content-Type": "application/json", **({"Authorization": f"Bearer {k}"} if k else {})} for k in keys]
     seconds: list[list[float]] = [[] for _ in urls]
     work = iter(enumerate(bodies))
@@ -92,8 +94,9 @@ async def _alternate(urls: list[str], keys: list[str | None], inputs: list[list[
     return [float(np.percentile(np.asarray(s) * 1000, 50)) for s in seconds]
 
 
-def alternate(urls: list[str], keys: list[str | None], inputs: list[list[str]], clients: int) -> list[float]:
-    return asyncio.run(_alternate(urls, keys, inputs, clients))
+def alternate(urls: list[str], keys: list[str | None], inputs: list[list[str]], clients: int, model: str = SMALL,
+              fmt: str = "base64") -> list[float]:
+    return asyncio.run(_alternate(urls, keys, inputs, clients, model, fmt))
 
 
 # --- the rounds -------------------------------------------------------------------------------------------
@@ -102,13 +105,14 @@ def measure(args: argparse.Namespace, trees: dict[str, Path], tmp: Path) -> list
     """The rounds: half with the base gateway started first, half (fresh processes) with the changed one
     first, so neither start order nor port favours one side."""
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as load, upstream(64) as small:
-        first = _rounds(args, load, small, list(trees.items()), args.rounds // 2, tmp)
-        return first + _rounds(args, load, small, list(trees.items())[::-1], args.rounds - len(first), tmp)
+    with (concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as load, upstream(64) as small,
+          upstream(LARGE_DIMS) as large):
+        first = _rounds(args, load, (small, large), list(trees.items()), args.rounds // 2, tmp)
+        return first + _rounds(args, load, (small, large), list(trees.items())[::-1], args.rounds - len(first), tmp)
 
 
-def _rounds(args: argparse.Namespace, load: concurrent.futures.Executor, small: str, trees: list[tuple[str, Path]],
-            count: int, tmp: Path) -> list[dict[str, Any]]:
+def _rounds(args: argparse.Namespace, load: concurrent.futures.Executor, upstreams: tuple[str, str],
+            trees: list[tuple[str, Path]], count: int, tmp: Path) -> list[dict[str, Any]]:
     with ExitStack() as stack:
         gateways = []
         for i, (_, tree) in enumerate(trees):
@@ -117,38 +121,50 @@ def _rounds(args: argparse.Namespace, load: concurrent.futures.Executor, small: 
                 redis = RedisServer().start()
                 stack.callback(redis.stop)
                 store = redis.url
-            config = write_config(gateway_config(args.mode, small, small, store), tmp / f"{trees[i][0]}.yaml")
+            config = write_config(gateway_config(args.mode, *upstreams, store), tmp / f"{trees[i][0]}.yaml")
             process = GatewayProcess(config, tree=tree)
             stack.callback(process.stop)
             url = process.wait_ready(timeout=90).url
             gateways.append((url, process.proc.pid, team_key(url) if args.mode == "production" else None))
 
-        def run(order: list[tuple[str, int, str | None]], inputs: list[list[str]], clients: int,
-                ) -> tuple[dict[int, float], dict[int, float]]:
+        def run(order: list[tuple[str, int, str | None]], inputs: list[list[str]], clients: int, model: str = SMALL,
+                fmt: str = "base64") -> tuple[dict[int, float], dict[int, float]]:
             """Each gateway's CPU µs per request and p50 ms over `inputs` sent in turn to `order`."""
             urls, keys = [g[0] for g in order], [g[2] for g in order]
             if args.hit:  # the same texts once before, outside the measure, so every measured one is a hit
-                load.submit(alternate, urls, keys, inputs, clients).result()
+                load.submit(alternate, urls, keys, inputs, clients, model, fmt).result()
             before = {pid: cpu_ns(pid) for _, pid, _ in order}
-            p50s = load.submit(alternate, urls, keys, inputs, clients).result()
+            p50s = load.submit(alternate, urls, keys, inputs, clients, model, fmt).result()
             per_gateway = len(inputs) / len(order)
             return ({pid: (cpu_ns(pid) - before[pid]) / 1e3 / per_gateway for _, pid, _ in order},
                     {g[1]: p50 for g, p50 in zip(order, p50s, strict=True)})
 
         run(gateways, [[t] for t in texts("warm", 2000)], 32)
+        largest = [texts("largest", LARGE_INPUTS)] * (2 * args.largest_requests)  # the same body: the fake's memo
+        if args.largest:
+            for fmt in FORMATS:
+                run(gateways, largest[:4], 1, LARGE, fmt)
         rounds = []
         for r in range(count):
             order = gateways if r % 2 == 0 else gateways[::-1]
-            c32, _ = run(order, [[t] for t in texts(f"c32-{r}-{os.urandom(3).hex()}", args.requests)], 32)
-            seq, p50 = run(order, [[t] for t in texts(f"seq-{r}-{os.urandom(3).hex()}", args.sequential)], 1)
-            rounds.append({label: {"cpu_us_c32": c32[pid], "cpu_us_seq": seq[pid], "p50_ms_seq": p50[pid]}
-                           for (label, _), (_, pid, _) in zip(trees, gateways, strict=True)})
+            figures: dict[int, dict[str, float]] = {pid: {} for _, pid, _ in gateways}
+            if args.largest:
+                for fmt in FORMATS:
+                    cpu, p50 = run(order, largest, 1, LARGE, fmt)
+                    for pid in figures:
+                        figures[pid] |= {f"largest_{fmt}_cpu_us": cpu[pid], f"largest_{fmt}_p50_ms": p50[pid]}
+            else:
+                c32, _ = run(order, [[t] for t in texts(f"c32-{r}-{os.urandom(3).hex()}", args.requests)], 32)
+                seq, p50 = run(order, [[t] for t in texts(f"seq-{r}-{os.urandom(3).hex()}", args.sequential)], 1)
+                for pid in figures:
+                    figures[pid] |= {"cpu_us_c32": c32[pid], "cpu_us_seq": seq[pid], "p50_ms_seq": p50[pid]}
+            rounds.append({label: figures[pid] for (label, _), (_, pid, _) in zip(trees, gateways, strict=True)})
         return rounds
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for figure in FIGURES:
+    for figure in rounds[0]["base"]:
         ratios = np.asarray([r["changed"][figure] / r["base"][figure] for r in rounds])
         out[figure] = {"geomean_ratio": round(float(np.exp(np.log(ratios).mean())), 3),
                        "min": round(float(ratios.min()), 3), "max": round(float(ratios.max()), 3),
@@ -166,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=6000, help="per round at 32 clients, both gateways")
     parser.add_argument("--sequential", type=int, default=800, help="per round one at a time, both gateways")
+    parser.add_argument("--largest", action="store_true",
+                        help="the largest legal request (2048 x 1536), base64 and float, one at a time")
+    parser.add_argument("--largest-requests", type=int, default=6, help="per round and format, each gateway")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="embedgate-ab-") as tmp:
@@ -175,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "two gateways side by side, one alternating load",
               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "base": args.base, "changed": args.changed or "working tree", "mode": args.mode, "hit": args.hit,
-              "requests": {"c32": args.requests, "sequential": args.sequential},
+              "largest": args.largest, "requests": {"c32": args.requests, "sequential": args.sequential,
+                                                    "largest": args.largest_requests},
               "summary": summary(rounds), "rounds": rounds}
     output = args.output or RESULTS / f"{datetime.date.today().isoformat()}-ab.json"
     output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'figure':12s} {'changed ÷ base':>15s} {'min':>7s} {'max':>7s}   medians base → changed")
+    print(f"{'figure':24s} {'changed ÷ base':>15s} {'min':>7s} {'max':>7s}   medians base → changed")
     for figure, s in report["summary"].items():
-        print(f"{figure:12s} {s['geomean_ratio']:15.3f} {s['min']:7.3f} {s['max']:7.3f}   "
+        print(f"{figure:24s} {s['geomean_ratio']:15.3f} {s['min']:7.3f} {s['max']:7.3f}   "
               f"{s['base_median']:.3f} → {s['changed_median']:.3f}")
     print(f"wrote {output}")
     return 0

@@ -38,7 +38,7 @@ def embeddings_answer(vectors: Vectors, *, model: str, encoding_format: str,
     """The body of `POST /v1/embeddings`: whole, or in pieces when large."""
     rows = np.ascontiguousarray(vectors, dtype="<f4")
     if rows.size < PIECES_FROM:
-        return embeddings_body(rows, model=model, encoding_format=encoding_format, prompt_tokens=prompt_tokens)
+        return _body(rows, model, encoding_format, prompt_tokens)
     tail = _tail(model, prompt_tokens)
     if encoding_format == "base64":
         return Pieces(_base64_length(rows, tail), _base64_pieces(rows, tail))
@@ -46,7 +46,11 @@ def embeddings_answer(vectors: Vectors, *, model: str, encoding_format: str,
 
 
 def embeddings_body(vectors: Vectors, *, model: str, encoding_format: str, prompt_tokens: int) -> bytes:
-    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    """The body whole, whatever its size."""
+    return _body(np.ascontiguousarray(vectors, dtype="<f4"), model, encoding_format, prompt_tokens)
+
+
+def _body(rows: Vectors, model: str, encoding_format: str, prompt_tokens: int) -> bytes:
     if encoding_format == "base64":
         return _base64_body(rows, _tail(model, prompt_tokens))
     data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
@@ -70,16 +74,20 @@ def _base64_body(rows: Vectors, tail: bytes) -> bytes:
     """The bytes orjson would write for the base64 answer, joined from pieces instead: orjson grows one
     buffer by reallocation, which faults in fresh memory when other large buffers come and go around
     it; pieces are copied once, into the body."""
-    return b"".join([_HEAD, *_base64_items(rows, 0, last=True), tail])
+    parts = _base64_items(rows, 0, last=True, parts=[_HEAD])
+    parts.append(tail)
+    return b"".join(parts)
 
 
-def _base64_items(rows: Vectors, first: int, last: bool) -> list[bytes | memoryview]:
+def _base64_items(rows: Vectors, first: int, last: bool, parts: list[bytes | memoryview] | None = None,
+                  ) -> list[bytes | memoryview]:
     """The data items of `rows`, numbered from `first`, comma-separated (and after the last too, unless
-    `last`), as the pieces to join."""
-    parts: list[bytes | memoryview] = []
+    `last`), as the pieces to join, added to `parts`."""
+    parts = [] if parts is None else parts
+    start = len(parts)
     for index, encoded in enumerate(_encoded_rows(rows), first):
         parts += (_ITEM % index, encoded, b'"},')
-    if last and parts:
+    if last and len(parts) > start:
         parts[-1] = b'"}'  # no comma after the last item
     return parts
 
