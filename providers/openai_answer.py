@@ -149,8 +149,20 @@ class _Cutter:
         self._width = 0  # base64 characters of the first row, once cut
 
     def feed(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        begin = 0
+        if self._pending:
+            # What the last chunk left open, most often a row's base64, is most often closed by this chunk's
+            # first quote: only that far is joined to it (a few KB), not the whole chunk (256 KB a read).
+            begin = chunk.find(b'"') + 1
+            if begin:
+                self._cut(self._pending + chunk[:begin], final=False)
+            if self._pending and not self._failed:  # still open (a key cut short, a row longer than a chunk)
+                self._cut(self._pending + chunk[begin:], final=False)
+                return
         if not self._failed:
-            self._cut(self._pending + chunk if self._pending else chunk, final=False)
+            self._cut(chunk, final=False, begin=begin)
 
     def finish(self) -> tuple[bytes, Vectors] | None:
         """The skeleton and the rows in the order they came; None where the cut gave up or found no row."""
@@ -160,16 +172,17 @@ class _Cutter:
             return None
         return b"".join(self._pieces), self._vectors[:self._rows]
 
-    def _cut(self, data: bytes, final: bool) -> None:
-        """Cut every row that `data` holds whole, decode them, and keep what may begin a row still to come
-        (all of it when `final` is false; at the body's end, a key or row left open gives up instead)."""
-        last = 0  # the skeleton up to here is in `_pieces`
+    def _cut(self, data: bytes, final: bool, begin: int = 0) -> None:
+        """Cut every row that `data` holds whole from `begin` on, decode them, and keep what may begin a row
+        still to come (all of it when `final` is false; at the body's end, a key or row left open gives up
+        instead)."""
+        last = begin  # the skeleton up to here is in `_pieces`
         spans: list[tuple[int, int]] = []
         # A row is looked for where a row as long as the first would end before it is searched for. A
         # quote there ends a span that is this row only if no quote comes earlier: decoding the span as
         # base64 (validated) refuses any quote in it, and then the fast read gives up.
         width = self._width
-        found = _KEY_VALUE.search(data)
+        found = _KEY_VALUE.search(data, begin)
         while found is not None:
             if self._rows + len(spans) == self._expected:
                 self._give_up()
@@ -192,7 +205,7 @@ class _Cutter:
             spans.append((start, end))
             last = end
             found = _KEY_VALUE.search(data, end + 1)
-        keep = len(data) if final else _open_key(data, last + 1 if spans else 0, found)
+        keep = len(data) if final else _open_key(data, last + 1 if spans else begin, found)
         self._pieces.append(data[last:keep])
         self._pending = data[keep:]
         if spans and not self._decode(data, spans):
