@@ -49,7 +49,7 @@ from providers.base import (
     normalize,
     number_rows,
 )
-from providers.http import HttpClient, json_body
+from providers.http import HttpClient, Whole, json_body
 from providers.options import DeploymentOptions
 from providers.remote import RemoteProvider
 from providers.sigv4 import AwsCredentials, FrozenCredentials, chain_region, sign
@@ -247,7 +247,8 @@ class BedrockProvider(RemoteProvider):
         headers = sign(credentials, SIGNING_NAME, region, url, body,
                        {**self._headers, "Content-Type": "application/json", "Accept": "application/json"})
         # encoded=True: sent as signed; yarl would otherwise decode %3A back to ':' and the signature would not match.
-        answer = await self._http.post(URL(url, encoded=True), body, headers=headers,
-                                       timeout=self.options.timeout, secrets=credentials.secrets())
-        result = body_format.from_payload(json_body(answer), len(batch.inputs))
+        answer = Whole()
+        await self._http.post_into(URL(url, encoded=True), body, answer, headers=headers,
+                                   timeout=self.options.timeout, secrets=credentials.secrets())
+        result = body_format.from_payload(json_body(answer.body()), len(batch.inputs))
         return replace(result, vectors=normalize(result.vectors)) if self.options.normalize else result

@@ -126,13 +126,16 @@ class BodySink(Protocol):
 
 
 class Whole:
-    """The sink that keeps the whole body."""
+    """The sink that keeps the whole body, for a caller that reads it at the end (`json_body`, say)."""
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+        self._chunks: list[bytes] = []
 
     def feed(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
+        self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        return b"".join(self._chunks)  # one chunk, the usual small answer: that chunk, not a copy
 
 
 class HttpClient:
@@ -147,21 +150,6 @@ class HttpClient:
             connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
-
-    async def post(
-        self,
-        url: StrOrURL,
-        payload: Any,
-        *,
-        headers: Mapping[str, str],
-        timeout: float,  # noqa: ASYNC109 -- a per-backend budget passed on to aiohttp, not a cancel scope
-        secrets: tuple[str, ...] = (),
-    ) -> bytes:
-        """POST JSON, return the answer's raw body (decode it with `json_body`, or parse it yourself), or
-        raise `ProviderError`. See `post_into`."""
-        whole = Whole()
-        await self.post_into(url, payload, whole, headers=headers, timeout=timeout, secrets=secrets)
-        return b"".join(whole.chunks)  # one chunk, the usual small answer: that chunk, not a copy
 
     async def post_into(
         self,
