@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import datetime
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -37,7 +36,18 @@ import aiohttp
 import numpy as np
 import orjson
 
-from bench.gateway import LARGE, LARGE_DIMS, LARGE_INPUTS, RESULTS, SMALL, gateway_config, team_key, texts, upstream
+from bench.gateway import (
+    LARGE,
+    LARGE_DIMS,
+    LARGE_INPUTS,
+    RESULTS,
+    SMALL,
+    gateway_config,
+    load_process,
+    team_key,
+    texts,
+    upstream,
+)
 from testkit.redis_server import RedisServer
 from testkit.servers import GatewayProcess, write_config
 
@@ -104,9 +114,7 @@ def alternate(urls: list[str], keys: list[str | None], inputs: list[list[str]], 
 def measure(args: argparse.Namespace, trees: dict[str, Path], tmp: Path) -> list[dict[str, Any]]:
     """The rounds: half with the base gateway started first, half (fresh processes) with the changed one
     first, so neither start order nor port favours one side."""
-    ctx = multiprocessing.get_context("spawn")
-    with (concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as load, upstream(64) as small,
-          upstream(LARGE_DIMS) as large):
+    with load_process() as load, upstream(64) as small, upstream(LARGE_DIMS) as large:
         first = _rounds(args, load, (small, large), list(trees.items()), args.rounds // 2, tmp)
         return first + _rounds(args, load, (small, large), list(trees.items())[::-1], args.rounds - len(first), tmp)
 

@@ -47,6 +47,7 @@ import numpy as np
 from aiohttp import web
 
 from bench.baseline import bare_forwarder
+from proxy.runtime import keep_large_buffers
 from testkit.openai_upstream import FakeOpenAI
 from testkit.redis_server import REDIS_SERVER, RedisServer
 from testkit.servers import GatewayProcess, free_port, wait_listening, write_config
@@ -89,6 +90,7 @@ def memo_middleware(limit: int = 64, min_bytes: int = 65536) -> Any:
 
 def serve_upstream(port: int, dims: int) -> None:
     """The fake OpenAI upstream on `port` until terminated (a child process's target)."""
+    keep_large_buffers()  # as the load generator (load_process) and the gateway do
     fake = FakeOpenAI(dims=dims)
     app = fake.app()
     app.middlewares.append(memo_middleware())
@@ -119,6 +121,14 @@ def upstream(dims: int) -> Iterator[str]:
 
 
 # --- the load generator, in its own process ---------------------------------------------------------------
+
+def load_process() -> concurrent.futures.ProcessPoolExecutor:
+    """The load generator's process. It keeps the buffers it frees, as the gateway does (proxy/runtime.py):
+    otherwise its 16 MB reads of the largest answer fault in fresh pages or not, by what it did before, and
+    the direct largest request read 17 ms in one run and 42 in another."""
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=keep_large_buffers)
+
 
 def texts(tag: str, count: int, words: int = 6) -> list[str]:
     return [f"{tag} {i} " + " ".join(["embedding"] * words) for i in range(count)]
@@ -342,10 +352,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "largest": args.large_requests},
         "load_generator": "aiohttp client in its own process",
     }
-    ctx = multiprocessing.get_context("spawn")
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="embedgate-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        load = stack.enter_context(concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx))
+        load = stack.enter_context(load_process())
         small = stack.enter_context(upstream(64))
         large = stack.enter_context(upstream(LARGE_DIMS))
         bench = Bench(load, args)
