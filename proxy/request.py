@@ -82,6 +82,8 @@ def _parse_input(raw: Any) -> tuple[tuple[Input, ...], bool]:
     if len(raw) > MAX_INPUTS:
         raise _invalid(f"'input' has {len(raw)} items; at most {MAX_INPUTS} inputs are allowed per request.",
                        "input", "too_many_inputs")
+    if all(type(item) is str and item for item in raw):  # the usual array: one pass, no per-item name made
+        return tuple(raw), False
     # Token ids are their own count: a body over the cap is refused before any id in it is looked at.
     ids = sum(len(item) for item in raw if isinstance(item, list))
     if ids > MAX_TOKENS_PER_REQUEST:
