@@ -76,14 +76,6 @@ def parse_answer(body: bytes, expected: int, fast_from: int = FAST_FROM_BYTES) -
     return reader.result()
 
 
-def base64_answer(body: bytes, expected: int) -> EmbedResult | None:
-    """The answer read the fast way whatever its size; None wherever that is not certain to equal
-    `from_payload`."""
-    reader = AnswerReader(expected, fast_from=0)
-    reader.feed(body)
-    return reader.fast_result()
-
-
 class AnswerReader:
     """An answer fed a chunk at a time (`feed`), then read (`result`). An answer of at least `fast_from`
     bytes is cut and its rows decoded as the chunks come (`_Cutter`); a smaller one is decoded whole at

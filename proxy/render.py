@@ -53,9 +53,8 @@ def embeddings_body(vectors: Vectors, *, model: str, encoding_format: str, promp
 def _body(rows: Vectors, model: str, encoding_format: str, prompt_tokens: int) -> bytes:
     if encoding_format == "base64":
         return _base64_body(rows, _tail(model, prompt_tokens))
-    data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
     return orjson.dumps(
-        {"object": "list", "data": data, "model": model,
+        {"object": "list", "data": _float_items(rows, 0), "model": model,
          "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
@@ -74,20 +73,19 @@ def _base64_body(rows: Vectors, tail: bytes) -> bytes:
     """The bytes orjson would write for the base64 answer, joined from pieces instead: orjson grows one
     buffer by reallocation, which faults in fresh memory when other large buffers come and go around
     it; pieces are copied once, into the body."""
-    parts = _base64_items(rows, 0, last=True, parts=[_HEAD])
+    parts: list[bytes | memoryview] = [_HEAD]
+    parts += _base64_items(rows, 0, last=True)
     parts.append(tail)
     return b"".join(parts)
 
 
-def _base64_items(rows: Vectors, first: int, last: bool, parts: list[bytes | memoryview] | None = None,
-                  ) -> list[bytes | memoryview]:
+def _base64_items(rows: Vectors, first: int, last: bool) -> list[bytes | memoryview]:
     """The data items of `rows`, numbered from `first`, comma-separated (and after the last too, unless
-    `last`), as the pieces to join, added to `parts`."""
-    parts = [] if parts is None else parts
-    start = len(parts)
+    `last`), as the pieces to join."""
+    parts: list[bytes | memoryview] = []
     for index, encoded in enumerate(_encoded_rows(rows), first):
         parts += (_ITEM % index, encoded, b'"},')
-    if last and len(parts) > start:
+    if last and parts:
         parts[-1] = b'"}'  # no comma after the last item
     return parts
 
@@ -102,6 +100,10 @@ def _encoded_rows(rows: Vectors) -> Sequence[bytes | memoryview]:
     width = row_bytes // 3 * 4
     encoded = memoryview(pybase64.b64encode(rows.data))  # rows: C-contiguous
     return [encoded[at:at + width] for at in range(0, len(encoded), width)]
+
+
+def _float_items(rows: Vectors, first: int) -> list[dict[str, object]]:
+    return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows, first)]
 
 
 def _groups(rows: Vectors) -> Iterator[tuple[int, Vectors]]:
@@ -137,8 +139,8 @@ def _digits_below(count: int) -> int:
 def _float_pieces(rows: Vectors, tail: bytes) -> Iterator[bytes | memoryview]:
     yield _HEAD
     for first, group in _groups(rows):
-        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(group, first)]
-        yield memoryview(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY))[1:-1]  # without the brackets
+        items = orjson.dumps(_float_items(group, first), option=orjson.OPT_SERIALIZE_NUMPY)
+        yield memoryview(items)[1:-1]  # without the list's brackets
         if first + len(group) < len(rows):
             yield b","
     yield tail
