@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import aiohttp
 import uvloop
@@ -44,15 +44,20 @@ def forwarder(upstream: str) -> web.Application:
 
 
 @contextmanager
-def bare_forwarder(upstream: str) -> Iterator[tuple[str, int]]:
-    """The forwarder in its own process in front of `upstream`; yields its api_base and pid."""
+def forwarder_process(module: str, upstream: str) -> Iterator[tuple[str, int]]:
+    """`python -m MODULE PORT UPSTREAM` (a forwarder) in its own process; yields its api_base and pid."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline", str(port), upstream])
+    proc = subprocess.Popen([sys.executable, "-m", module, str(port), upstream])
     try:
-        wait_listening(port, lambda: proc.poll() is None, "the bare forwarder")
+        wait_listening(port, lambda: proc.poll() is None, module)
         yield f"http://127.0.0.1:{port}/v1", proc.pid
     finally:
         stop_process(proc)
+
+
+def bare_forwarder(upstream: str) -> AbstractContextManager[tuple[str, int]]:
+    """The bare aiohttp forwarder in its own process in front of `upstream`."""
+    return forwarder_process("bench.baseline", upstream)
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ in a process of its own). Measured in one run, every ratio against the direct fi
 - gateway CPU per request: utime + stime of the gateway process (/proc/<pid>/stat) over a phase ÷ its
   requests;
 - the floor: a bare aiohttp forwarder (bench/baseline.py) measured as open mode is, so what embedgate
-  adds reads against what aiohttp itself costs on the same machine in the same run.
+  adds reads against what aiohttp itself costs on the same machine in the same run;
+- the raw floor: a forwarder of two bare asyncio protocols (bench/raw_floor.py), no HTTP framework at all,
+  measured the same way: what any Python gateway costs here, whatever its stack.
 
 The load generator is Python, not wrk: its own cost caps the direct figure at high concurrency, so the
 throughput ratio reads higher than wrk would show it. `--peers` measures LiteLLM's proxy in front of the
@@ -47,6 +49,7 @@ import numpy as np
 from aiohttp import web
 
 from bench.baseline import bare_forwarder
+from bench.raw_floor import raw_forwarder
 from proxy.runtime import keep_large_buffers
 from testkit.openai_upstream import FakeOpenAI
 from testkit.redis_server import REDIS_SERVER, RedisServer
@@ -358,10 +361,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         small = stack.enter_context(upstream(64))
         large = stack.enter_context(upstream(LARGE_DIMS))
         bench = Bench(load, args)
-        if "open" in args.modes:  # the floor, measured as open mode is, before it
-            with bare_forwarder(small) as (url, pid):
-                report["baseline"] = {"latency": bench.latency("bare", small, url, pid, UPSTREAM_KEY, False),
-                                      "throughput": bench.throughput("bare", small, url, pid, UPSTREAM_KEY, False)}
+        if "open" in args.modes:  # the floors, measured as open mode is, before it
+            for name, forwarder in (("baseline", bare_forwarder), ("raw_floor", raw_forwarder)):
+                with forwarder(small) as (url, pid):
+                    report[name] = {"latency": bench.latency(name, small, url, pid, UPSTREAM_KEY, False),
+                                    "throughput": bench.throughput(name, small, url, pid, UPSTREAM_KEY, False)}
         for mode in args.modes:
             report[mode] = run_mode(bench, mode, small, large, tmp, stack)
         if args.peers:
@@ -371,13 +375,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- output -----------------------------------------------------------------------------------------------
 
-def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(figure, embedgate, bare forwarder, peer) rows for the table."""
-    out: list[tuple[str, str, str, str]] = []
+Row = tuple[str, str, str, str, str]
+
+
+def rows(report: dict[str, Any]) -> list[Row]:
+    """(figure, embedgate, bare aiohttp forwarder, raw forwarder, peer) rows for the table."""
+    out: list[Row] = []
     peer = report.get("peers", {}).get("litellm", {})
     peer_ok = "latency" in peer
     floor = report.get("baseline", {})
     floor_ok = "latency" in floor
+    raw = report.get("raw_floor", {})
+    raw_ok = "latency" in raw
 
     def lat(r: dict[str, Any]) -> str:
         a = r["added"]
@@ -389,6 +398,9 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def fv(fn: Callable[[dict[str, Any]], str]) -> str:
         return fn(floor) if floor_ok else "—"
 
+    def rv(fn: Callable[[dict[str, Any]], str]) -> str:
+        return fn(raw) if raw_ok else "—"
+
     def ratio(c: str) -> Callable[[dict[str, Any]], str]:
         return lambda r: "{through_rps:.0f} / {direct_rps:.0f} = {ratio:.2f}".format(**r["throughput"][c])
 
@@ -399,37 +411,38 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         o = report["open"]
         d = o["latency"]["direct"]
         out.append(("direct p50 / p90 / p99 ms", f"{d['p50_ms']:.2f} / {d['p90_ms']:.2f} / {d['p99_ms']:.2f}",
-                    "", ""))
+                    "", "", ""))
         out.append(("added p50/p90/p99 ms, open", lat(o["latency"]), fv(lambda f: lat(f["latency"])),
-                    pv(lambda p: lat(p["latency"]))))
+                    rv(lambda f: lat(f["latency"])), pv(lambda p: lat(p["latency"]))))
         for c in o["throughput"]:
-            out.append((f"req/s through ÷ direct, open, c={c}", ratio(c)(o), fv(ratio(c)), pv(ratio(c))))
-        out.append(("gateway CPU µs/request, open, seq / c=32", cpu(o), fv(cpu), pv(cpu)))
+            out.append((f"req/s through ÷ direct, open, c={c}", ratio(c)(o), fv(ratio(c)), rv(ratio(c)),
+                        pv(ratio(c))))
+        out.append(("gateway CPU µs/request, open, seq / c=32", cpu(o), fv(cpu), rv(cpu), pv(cpu)))
         for fmt in ("base64", "float"):
             r = o["largest"][fmt]
             out.append((f"largest 2048x1536 {fmt}: direct p50 → added p50 ms",
-                        f"{r['direct']['p50_ms']:.0f} → +{r['added']['p50_ms']:.1f}", "", ""))
+                        f"{r['direct']['p50_ms']:.0f} → +{r['added']['p50_ms']:.1f}", "", "", ""))
     if "latency" in report.get("production", {}):
         p = report["production"]
-        out.append(("added p50/p90/p99 ms, production miss", lat(p["latency"]), "", ""))
-        out.append(("added p50/p90/p99 ms, production hit", lat(p["latency"]["hit"]), "", ""))
+        out.append(("added p50/p90/p99 ms, production miss", lat(p["latency"]), "", "", ""))
+        out.append(("added p50/p90/p99 ms, production hit", lat(p["latency"]["hit"]), "", "", ""))
         for c, r in p["throughput"].items():
             out.append((f"req/s ÷ direct, production c={c}, miss / hit",
-                        f"{r['ratio']:.2f} / {r['hit_ratio']:.2f}", "", ""))
+                        f"{r['ratio']:.2f} / {r['hit_ratio']:.2f}", "", "", ""))
         t32 = p["throughput"]["32"]
         out.append(("gateway CPU µs/request, production c=32, miss / hit",
-                    f"{t32['cpu_us_per_request']:.0f} / {t32['hit_cpu_us_per_request']:.0f}", "", ""))
+                    f"{t32['cpu_us_per_request']:.0f} / {t32['hit_cpu_us_per_request']:.0f}", "", "", ""))
     return out
 
 
 def table(report: dict[str, Any]) -> str:
     peer = report.get("peers", {}).get("litellm")
-    head = ("figure", "embedgate", "bare aiohttp forwarder (floor)",
+    head = ("figure", "embedgate", "bare aiohttp forwarder (floor)", "raw asyncio forwarder (no framework)",
             f"LiteLLM proxy {peer.get('version', '')}".strip() if peer else "")
-    lines = [f"| {head[0]} | {head[1]} | {head[2]} |" + (f" {head[3]} |" if peer else "")]
-    lines.append("|---|---|---|" + ("---|" if peer else ""))
-    for figure, ours, floor, theirs in rows(report):
-        lines.append(f"| {figure} | {ours} | {floor} |" + (f" {theirs} |" if peer else ""))
+    lines = [f"| {head[0]} | {head[1]} | {head[2]} | {head[3]} |" + (f" {head[4]} |" if peer else "")]
+    lines.append("|---|---|---|---|" + ("---|" if peer else ""))
+    for figure, ours, floor, raw, theirs in rows(report):
+        lines.append(f"| {figure} | {ours} | {floor} | {raw} |" + (f" {theirs} |" if peer else ""))
     if peer and "skipped" in peer:
         lines.append(f"\nLiteLLM proxy not measured: {peer['skipped']}")
     return "\n".join(lines)
@@ -445,7 +458,9 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     series: list[tuple[str, dict[str, Any]]] = [(m, report[m]) for m in ("open", "production")
                                                 if "latency" in report.get(m, {})]
-    series += [("bare forwarder", report["baseline"])] if "latency" in report.get("baseline", {}) else []
+    series += [(name, report[key]) for key, name in (("baseline", "bare aiohttp forwarder"),
+                                                     ("raw_floor", "raw asyncio forwarder"))
+               if "latency" in report.get(key, {})]
     series += [(name, r) for name, r in report.get("peers", {}).items() if "latency" in r]
     qs = ("p50_ms", "p90_ms", "p99_ms")
     width = 0.8 / max(1, len(series))
