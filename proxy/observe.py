@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.logs import LineFormatter, TurnHandler, direct_handler
+from proxy.logs import TurnHandler, direct_handler
 from proxy.metrics import NO_TEAM, Metrics
 from proxy.tracing import Span, Tracing
 
@@ -135,22 +135,18 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
-        direct: dict[int, tuple[TurnHandler, LineFormatter] | None] = {}
+        # Where logging is as `configure` set it up, a line is made as its formatter would make it from a record,
+        # without the record or the walk to the handler (half of what a line cost). A level without that path
+        # has its records dropped by that handler, or else no level has it: the two paths never both write.
+        direct = {level: direct_handler(ACCESS, level) for level in {entry[1] for entry in pending}}
         lines: list[str] = []
         to: TurnHandler | None = None
         for exchange, level, seconds, ended in pending:
-            if level not in direct:
-                direct[level] = direct_handler(ACCESS, level)
-            handler = direct[level]
-            if handler is not None:
-                # Where logging is as `configure` set it up, the line is made as its formatter would make it
-                # from a record, without the record or the walk to the handler (half of what a line cost).
-                to = handler[0]
-                lines.append(handler[1].line(ACCESS.name, level, ended, "request", exchange._fields(seconds)))
+            found = direct[level]
+            if found is not None:
+                to, formatter = found
+                lines.append(formatter.line(ACCESS.name, level, ended, "request", exchange._fields(seconds)))
                 continue
-            if to is not None:  # the lines so far first: they stay in the order of their requests
-                to.emit_lines(lines)
-                lines, to = [], None
             # Straight to the handlers: Logger.log would walk the stack for a caller nobody reads.
             record = ACCESS.makeRecord(ACCESS.name, level, __file__, 0, "request", (), None,
                                        extra={"fields": exchange._fields(seconds)})

@@ -83,7 +83,8 @@ def _sentinel_client(url: str, settings: StoreSettings, common: dict[str, Any]) 
     """The primary of a Sentinel-monitored service. The pool asks the sentinels again after a connection
     error, so a promoted replica is found without a restart."""
     sentinels, service, db, password = parse_sentinel_url(url)
-    sentinel = Sentinel(sentinels, sentinel_kwargs=common, **common)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
+    # Untyped before redis-py 8, typed from it: the ignore holds for both.
+    sentinel = Sentinel(sentinels, sentinel_kwargs=common, **common)  # type: ignore[no-untyped-call, unused-ignore]
     return sentinel.master_for(service, db=db, password=password,
                                max_connections=settings.max_connections or FAILING_POOL, retry_on_timeout=False)
 
